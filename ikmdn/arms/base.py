@@ -1,0 +1,232 @@
+"""The Arm interface, spec round trip and the arm registry.
+
+Conventions: joints q are (N, dof) float64 radians; targets x are (N, target_dim) float64 in the
+arm's own length unit (and radians for angular target coordinates).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ikmdn.errors import IKMDNError
+
+TWO_PI = 2.0 * math.pi
+
+
+def wrap_angle(a: np.ndarray) -> np.ndarray:
+    """Angles (any shape) wrapped into [-pi, pi)."""
+    return (np.asarray(a) + math.pi) % TWO_PI - math.pi
+
+
+def as_batch(values: Any, width: int, what: str) -> np.ndarray:
+    """Validate and promote values to a finite float64 (N, width) array; (width,) becomes (1, width)."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise IKMDNError(f"{what} must be numbers, got {type(values).__name__}: {exc}") from None
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise IKMDNError(f"{what} must have shape (N, {width}), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise IKMDNError(f"{what} must be finite, got NaN or infinite values")
+    return arr
+
+
+class Arm(abc.ABC):
+    """A serial arm: forward kinematics, analytic Jacobian, joint limits and a JSON spec.
+
+    Subclasses set `kind`, implement `fk`, `fk_torch`, `jacobian`, `_params` and `from_params`,
+    and declare which target coordinates are angles (`angular_targets`).
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, joint_limits: Any, target_names: tuple[str, ...],
+                 angular_targets: tuple[bool, ...]):
+        limits = np.array(joint_limits, dtype=np.float64)
+        if limits.ndim != 2 or limits.shape[1] != 2 or not np.all(limits[:, 0] < limits[:, 1]):
+            raise IKMDNError(f"joint_limits must be [[lo, hi], ...] with lo < hi, got {joint_limits}")
+        if len(target_names) != len(angular_targets):
+            raise IKMDNError("target_names and angular_targets must have the same length")
+        self.name = name
+        self._limits = limits
+        self.target_names = tuple(target_names)
+        self.angular_targets = np.array(angular_targets, dtype=bool)
+
+    # -- sizes and limits ------------------------------------------------------------------
+    @property
+    def dof(self) -> int:
+        """Number of joints."""
+        return self._limits.shape[0]
+
+    @property
+    def target_dim(self) -> int:
+        """Number of target coordinates."""
+        return len(self.target_names)
+
+    @property
+    def joint_limits(self) -> np.ndarray:
+        """Joint limits (dof, 2) [lo, hi] in radians (a copy)."""
+        return self._limits.copy()
+
+    @property
+    def continuous_joints(self) -> np.ndarray:
+        """(dof,) bool: joints whose range spans a full turn, so angles wrap instead of clip."""
+        return (self._limits[:, 1] - self._limits[:, 0]) >= TWO_PI - 1e-9
+
+    def sample_joints(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Joints (n, dof) drawn uniformly within the limits."""
+        lo, hi = self._limits[:, 0], self._limits[:, 1]
+        return lo + (hi - lo) * rng.random((n, self.dof))
+
+    def within_limits(self, q: np.ndarray, atol: float = 1e-9) -> np.ndarray:
+        """(N,) bool: every joint of q (N, dof) lies within its limits (continuous joints always do)."""
+        q = np.asarray(q, dtype=np.float64)
+        ok = (q >= self._limits[:, 0] - atol) & (q <= self._limits[:, 1] + atol)
+        return np.all(ok | self.continuous_joints, axis=-1)
+
+    def wrap_joints(self, q: np.ndarray, axis: int = -1) -> np.ndarray:
+        """Joints with continuous joints wrapped into [lo, lo + 2 pi); others as given.
+
+        q is (..., dof), or (dof, ...) with axis=0 (the component-major layout of refinement).
+        """
+        out = np.array(q, dtype=np.float64)
+        cont = np.flatnonzero(self.continuous_joints)
+        if cont.size:
+            lo = self._per_joint(self._limits[cont, 0], axis)
+            pick = (cont,) if axis == 0 else (..., cont)
+            out[pick] = lo + (out[pick] - lo) % TWO_PI
+        return out
+
+    def project_to_limits(self, q: np.ndarray, axis: int = -1) -> np.ndarray:
+        """Joints: continuous joints wrapped into [lo, lo + 2 pi), others clipped (see wrap_joints)."""
+        out = self.wrap_joints(q, axis)
+        bounded = np.flatnonzero(~self.continuous_joints)
+        if bounded.size:
+            lo = self._per_joint(self._limits[bounded, 0], axis)
+            hi = self._per_joint(self._limits[bounded, 1], axis)
+            pick = (bounded,) if axis == 0 else (..., bounded)
+            out[pick] = np.clip(out[pick], lo, hi)
+        return out
+
+    @staticmethod
+    def _per_joint(values: np.ndarray, axis: int) -> np.ndarray:
+        """Per-joint values shaped to broadcast along axis -1 or 0."""
+        return values if axis == -1 else values[:, None]
+
+    # -- kinematics ------------------------------------------------------------------------
+    # Subclasses implement one kinematic core in the component-major layout (joints (dof, N),
+    # targets (target_dim, N), Jacobian (target_dim, dof, N)): every numpy operation then runs
+    # over contiguous rows of length N, several times faster for small dof than (N, dof, ...).
+    @abc.abstractmethod
+    def kinematics_t(self, qt: np.ndarray, jacobian: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """(targets (target_dim, N), Jacobian (target_dim, dof, N) or None) for joints (dof, N)."""
+
+    @abc.abstractmethod
+    def fk_torch(self, q):
+        """Targets (N, target_dim) as a differentiable torch tensor from joints q (N, dof)."""
+
+    def fk(self, q) -> np.ndarray:
+        """Targets (N, target_dim) float64 reached by joints q (N, dof); (dof,) is promoted."""
+        return self.kinematics_t(as_batch(q, self.dof, "joints").T, False)[0].T
+
+    def jacobian(self, q) -> np.ndarray:
+        """Analytic Jacobian d fk / d q (N, target_dim, dof) float64 at joints q (N, dof)."""
+        return self.kinematics_t(as_batch(q, self.dof, "joints").T, True)[1].transpose(2, 0, 1)
+
+    def residual(self, reached: np.ndarray, targets: np.ndarray, axis: int = -1) -> np.ndarray:
+        """reached - targets, angular coordinates wrapped into [-pi, pi).
+
+        Arrays are (..., target_dim), or (target_dim, ...) with axis=0.
+        """
+        diff = np.asarray(reached, dtype=np.float64) - targets
+        if self.angular_targets.any():
+            angular = self.angular_targets if axis == -1 else self.angular_targets[:, None]
+            diff = np.where(angular, wrap_angle(diff), diff)
+        return diff
+
+    def target_error(self, reached: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Euclidean error ||reached - targets|| (...,), angles compared modulo 2 pi."""
+        return np.linalg.norm(self.residual(reached, targets), axis=-1)
+
+    # -- spec round trip -------------------------------------------------------------------
+    @abc.abstractmethod
+    def _params(self) -> dict[str, Any]:
+        """The kind's own JSON-able parameters."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_params(cls, name: str, joint_limits: list, params: dict[str, Any]) -> Arm:
+        """Rebuild an arm from spec fields (inverse of `spec`)."""
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-able dict: name, kind, dof, target_dim, joint_limits, plus the kind's parameters."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "dof": self.dof,
+            "target_dim": self.target_dim,
+            "joint_limits": self._limits.tolist(),
+            **self._params(),
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dof={self.dof}, target_dim={self.target_dim})"
+
+
+_KINDS: dict[str, type[Arm]] = {}
+_PRESETS: dict[str, Callable[[], Arm]] = {}
+
+
+def register_kind(cls: type[Arm]) -> type[Arm]:
+    """Class decorator: make an Arm subclass rebuildable from its spec's "kind"."""
+    _KINDS[cls.kind] = cls
+    return cls
+
+
+def register_preset(name: str, factory: Callable[[], Arm]) -> None:
+    """Make get_arm(name) build an arm with factory()."""
+    _PRESETS[name] = factory
+
+
+def list_arms() -> list[str]:
+    """Names of the preset arms, sorted."""
+    return sorted(_PRESETS)
+
+
+def get_arm(name: str) -> Arm:
+    """The preset arm called name; an unknown name raises an error listing the valid ones."""
+    if name not in _PRESETS:
+        raise IKMDNError(f"unknown arm {name!r}; choose one of: {', '.join(list_arms())}")
+    return _PRESETS[name]()
+
+
+_SPEC_KEYS = ("name", "kind", "dof", "target_dim", "joint_limits")
+
+
+def arm_from_spec(spec: dict[str, Any]) -> Arm:
+    """Rebuild the arm described by spec (from Arm.spec); its fk is identical to the original's."""
+    if not isinstance(spec, dict):
+        raise IKMDNError(f"arm spec must be a JSON object, got {type(spec).__name__}")
+    missing = [k for k in _SPEC_KEYS if k not in spec]
+    if missing:
+        raise IKMDNError(f"arm spec lacks {', '.join(missing)}")
+    if spec["kind"] not in _KINDS:
+        raise IKMDNError(f"unknown arm kind {spec['kind']!r}; known kinds: {', '.join(sorted(_KINDS))}")
+    params = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
+    try:
+        arm = _KINDS[spec["kind"]].from_params(spec["name"], spec["joint_limits"], params)
+    except (KeyError, TypeError) as exc:
+        raise IKMDNError(f"invalid {spec['kind']} arm spec: {exc!r}") from None
+    if arm.dof != spec["dof"] or arm.target_dim != spec["target_dim"]:
+        raise IKMDNError(
+            f"arm spec says dof={spec['dof']}, target_dim={spec['target_dim']} but its parameters "
+            f"give dof={arm.dof}, target_dim={arm.target_dim}"
+        )
+    return arm

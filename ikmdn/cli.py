@@ -1,0 +1,246 @@
+"""The `ikmdn` command line: thin click commands over the library.
+
+Library errors (IKMDNError) become one-line messages: exit 2 for bad input, 1 for a failed job.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ikmdn import __version__
+from ikmdn.errors import IKMDNError
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "exported_models" / "bishop.onnx"
+
+
+class _Group(click.Group):
+    """Turns the library's errors into click errors with the right exit status."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except IKMDNError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+
+
+def _positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be positive, got {value}")
+    return value
+
+
+def _hidden(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        widths = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 128,128,128, "
+                                 f"got {value!r}") from None
+    if not widths or min(widths) <= 0:
+        raise click.BadParameter(f"widths must be positive, got {value!r}")
+    return widths
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ikmdn")
+def cli():
+    """ikmdn: every inverse-kinematics solution of a robot arm, from a mixture density network.
+
+    Example: ikmdn solve 0.6 0.4
+    """
+
+
+@cli.command("arms")
+def arms_command():
+    """List the preset arms.
+
+    Example: ikmdn arms
+    """
+    from ikmdn.arms import get_arm, list_arms
+
+    for name in list_arms():
+        arm = get_arm(name)
+        limits = ", ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in arm.joint_limits)
+        click.echo(f"{name:<10} {arm.dof} joints, target ({', '.join(arm.target_names)}), "
+                   f"limits (rad) {limits}")
+
+
+@cli.command("train")
+@click.option("--arm", "arm_name", default="bishop", show_default=True,
+              help="Preset arm (see `ikmdn arms`).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Run folder for model.pt, config.json, history.csv, loss.png.")
+@click.option("--samples", type=int, callback=_positive, help="Training + validation pairs.")
+@click.option("--components", type=int, callback=_positive, help="Mixture components K.")
+@click.option("--epochs", type=int, callback=_positive, help="Passes over the data.")
+@click.option("--batch-size", type=int, callback=_positive, help="Minibatch size.")
+@click.option("--lr", type=float, callback=_positive, help="Peak learning rate (Adam).")
+@click.option("--hidden", callback=_hidden, help="Hidden widths, e.g. 128,128,128.")
+@click.option("--activation", type=click.Choice(["relu", "silu", "tanh", "gelu"]))
+@click.option("--seed", type=int, help="Seed for data, initialisation and shuffling.")
+@click.option("--device", help="torch device, e.g. cpu or cuda.")
+@click.option("--baseline", is_flag=True,
+              help="Train Bishop's least-squares network (same body, one output) instead.")
+@click.option("--export", "export_path", type=click.Path(path_type=Path),
+              help="Also export the trained model to this .onnx file.")
+@click.option("--force", is_flag=True, help="Overwrite a non-empty --out folder / --export file.")
+def train_command(arm_name, out_dir, samples, components, epochs, batch_size, lr, hidden,
+                  activation, seed, device, baseline, export_path, force):
+    """Train an MDN on an arm's inverse kinematics (data made by forward kinematics).
+
+    Defaults are tuned per arm; the best-validation checkpoint is kept.
+
+    Example: ikmdn train --arm bishop --out runs/bishop --export bishop.onnx
+    """
+    from ikmdn.train import default_config, prepare_out_dir, train_run
+
+    config = default_config(arm_name, samples=samples, components=components, epochs=epochs,
+                            batch_size=batch_size, lr=lr, hidden=hidden, activation=activation,
+                            seed=seed, device=device,
+                            kind="least_squares" if baseline else None)
+    prepare_out_dir(out_dir, force)  # fail before training, not after
+    if export_path is not None and export_path.exists() and not force:
+        raise IKMDNError(f"{export_path} already exists; pass --force to overwrite it")
+    with click.progressbar(length=config.epochs, label=f"training {config.kind} on {arm_name}",
+                           file=sys.stderr, show_pos=True,
+                           item_show_func=lambda r: r and f"loss {r.train_loss:.3f} "
+                                                        f"val NLL {r.val_nll:.3f}") as bar:
+        checkpoint = train_run(config, out_dir, force=True,
+                               on_epoch=lambda r: bar.update(1, r))
+    m = checkpoint.metrics
+    click.echo(f"wrote {out_dir}/model.pt: validation NLL {m['val_nll']:.3f} (epoch {m['epoch']}),"
+               f" best-mode RMS error {m['best_mode_rms']:.2e}, min-over-modes "
+               f"{m['min_over_modes_rms']:.2e} on {m['test_targets']} fresh targets, "
+               f"{m['train_seconds']:.0f} s")
+    if export_path is not None:
+        _export(checkpoint, export_path, force=True)
+
+
+def _export(checkpoint, path: Path, force: bool) -> None:
+    from ikmdn.export import export_onnx
+
+    report = export_onnx(checkpoint, path, force=force)
+    click.echo(f"{report.summary()}: ok")
+    click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@cli.command("export")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="The .onnx file to write.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def export_command(source, output, force):
+    """Export a training run (folder or model.pt) to one self-contained ONNX file.
+
+    Parity with PyTorch is verified before anything is written.
+
+    Example: ikmdn export runs/bishop -o bishop.onnx
+    """
+    from ikmdn.train import load_checkpoint
+
+    if output.suffix != ".onnx":
+        raise click.BadParameter(f"expected a file name ending in .onnx, got {output}",
+                                 param_hint="--output")
+    _export(load_checkpoint(source), output, force)
+
+
+@cli.command("info")
+@click.argument("model", type=click.Path(path_type=Path))
+def info_command(model):
+    """Show what an exported model is: arm, K, training config and metrics.
+
+    Example: ikmdn info exported_models/bishop.onnx
+    """
+    from ikmdn.solve import IKSolver
+
+    m = IKSolver.load(model).model
+    click.echo(json.dumps({"model": str(model), "arm": m.arm.spec(), "components": m.components,
+                           "train": m.train_config, "metrics": m.metrics}, indent=2))
+
+
+def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
+    numbers = []
+    for v in values:
+        try:
+            numbers.append(float(v))
+        except ValueError:
+            raise click.BadParameter(f"{v!r} is neither an option nor a number",
+                                     param_hint="COORDINATES") from None
+    return numbers
+
+
+@cli.command("solve", context_settings={"ignore_unknown_options": True})
+@click.argument("coordinates", nargs=-1)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="An .onnx model or a training checkpoint [default: the shipped bishop.onnx].")
+@click.option("--targets", "targets_path", type=click.Path(path_type=Path),
+              help="A .csv or .npy file with one target per row.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--output", type=click.Path(path_type=Path),
+              help="Write all result arrays to this .npz file instead of printing.")
+@click.option("--no-refine", is_flag=True, help="Raw mixture means, no numerical refinement.")
+@click.option("--best", is_flag=True, help="One answer per target.")
+@click.option("--tol", type=float, default=1e-9, show_default=True, callback=_positive,
+              help="Refinement tolerance in target units.")
+@click.option("--max-iter", type=int, default=30, show_default=True, callback=_positive,
+              help="Refinement iteration cap.")
+@click.option("--threads", type=int, callback=_positive, help="ONNX Runtime threads.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
+def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine, best, tol,
+                  max_iter, threads, force):
+    """Every IK solution for one target (COORDINATES) or a file of targets (--targets).
+
+    Each mixture mode is a candidate: checked by forward kinematics, refined, deduplicated.
+
+    Example: ikmdn solve 0.6 0.4 --format json
+    """
+    from ikmdn.refine import RefineSettings
+    from ikmdn.solve import IKSolver
+    from ikmdn.solve_output import write_csv, write_json, write_npz, write_table
+    from ikmdn.targets_io import TargetsFile
+
+    if bool(coordinates) == bool(targets_path):
+        raise click.UsageError("give either target COORDINATES or --targets FILE (one of them)")
+    numbers = _parse_coordinates(coordinates)
+    solver = IKSolver.load(model_path or DEFAULT_MODEL, threads=threads,
+                           refine_settings=RefineSettings(tol=tol, max_iter=max_iter))
+    arm = solver.arm
+    if targets_path:
+        source = TargetsFile(targets_path, arm.target_dim)
+        total, chunks = len(source), source.batches(solver.batch_size)
+    else:
+        if len(numbers) != arm.target_dim:
+            raise click.BadParameter(
+                f"arm {arm.name} takes {arm.target_dim} coordinates "
+                f"({', '.join(arm.target_names)}), got {len(numbers)}", param_hint="COORDINATES")
+        total, chunks = 1, iter([[numbers]])
+    batches = (solver.solve(chunk, refine=not no_refine) for chunk in chunks)
+    model_name = str(model_path or DEFAULT_MODEL)
+    if output is not None:
+        write_npz(output, total, batches, force)
+        click.echo(f"wrote {output}: {total} targets")
+    elif fmt == "json":
+        write_json(sys.stdout, model_name, arm.name, batches, best)
+    elif fmt == "csv":
+        write_csv(sys.stdout, batches, best, arm.target_names, arm.dof)
+    else:
+        header = (f"model {model_name} (arm {arm.name}, K={solver.model.components}, "
+                  f"{'refined' if not no_refine else 'unrefined'})")
+        write_table(sys.stdout, header, batches, best, arm.target_names)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="ikmdn")
+
+
+if __name__ == "__main__":
+    main()

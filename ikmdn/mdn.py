@@ -1,0 +1,176 @@
+"""The mixture density network: MLP body, mixture head, log-space NLL, sampling and modes.
+
+Shapes: inputs x (N, in_dim) in physical units; outputs y (N, out_dim). The model standardises
+inputs and outputs with stored buffers, so `forward` speaks physical units. Angular inputs
+(e.g. a hand angle) enter the body as (cos, sin) so the network sees no seam at +-pi.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ikmdn.errors import IKMDNError
+
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+MODEL_KINDS = ("mdn", "least_squares")
+
+
+@dataclass
+class MDNConfig:
+    """Network shape. kind "least_squares" is Bishop's baseline: one component, trained by MSE."""
+
+    input_dim: int
+    output_dim: int
+    components: int = 8
+    hidden: tuple[int, ...] = (128, 128, 128)
+    activation: str = "silu"
+    sigma_floor: float = 1e-4
+    kind: str = "mdn"
+    angular_inputs: tuple[bool, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.angular_inputs = tuple(bool(a) for a in self.angular_inputs) or (False,) * self.input_dim
+        if self.kind not in MODEL_KINDS:
+            raise IKMDNError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        if self.activation not in ACTIVATIONS:
+            raise IKMDNError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.kind == "least_squares":
+            self.components = 1
+        for name in ("input_dim", "output_dim", "components"):
+            if getattr(self, name) <= 0:
+                raise IKMDNError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.hidden or min(self.hidden) <= 0:
+            raise IKMDNError(f"hidden widths must be positive, got {self.hidden}")
+        if len(self.angular_inputs) != self.input_dim:
+            raise IKMDNError(f"angular_inputs needs {self.input_dim} flags, got {self.angular_inputs}")
+        if not self.sigma_floor > 0:
+            raise IKMDNError(f"sigma_floor must be positive, got {self.sigma_floor}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        d["angular_inputs"] = list(self.angular_inputs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MDNConfig:
+        return cls(**d)
+
+
+def mixture_log_prob(log_weights: torch.Tensor, means: torch.Tensor, sigmas: torch.Tensor,
+                     y: torch.Tensor) -> torch.Tensor:
+    """log p(y) (N,) of diagonal Gaussian mixtures, all in log space (log-sum-exp).
+
+    log_weights (N, K); means, sigmas (N, K, c); y (N, c).
+    """
+    z = (y[:, None, :] - means) / sigmas
+    log_kernel = -0.5 * z.pow(2) - torch.log(sigmas) - 0.5 * math.log(2 * math.pi)
+    return torch.logsumexp(log_weights + log_kernel.sum(-1), dim=-1)
+
+
+def mixture_nll(log_weights, means, sigmas, y) -> torch.Tensor:
+    """Mean negative log-likelihood (scalar) of y (N, c) under the mixtures."""
+    return -mixture_log_prob(log_weights, means, sigmas, y).mean()
+
+
+class MDN(nn.Module):
+    """MLP body + mixture head. forward(x) -> (weights (N,K), means (N,K,c), sigmas (N,K,c))."""
+
+    def __init__(self, config: MDNConfig):
+        super().__init__()
+        self.config = config
+        c, k = config.output_dim, config.components
+        n_angular = sum(config.angular_inputs)
+        features = config.input_dim + n_angular  # each angle becomes (cos, sin)
+        layers: list[nn.Module] = []
+        for width in config.hidden:
+            layers += [nn.Linear(features, width), ACTIVATIONS[config.activation]()]
+            features = width
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(features, k * c if config.kind == "least_squares" else k * (1 + 2 * c))
+        self.register_buffer("angular", torch.tensor(config.angular_inputs, dtype=torch.bool))
+        self.register_buffer("in_mean", torch.zeros(config.input_dim))
+        self.register_buffer("in_std", torch.ones(config.input_dim))
+        self.register_buffer("out_mean", torch.zeros(c))
+        self.register_buffer("out_std", torch.ones(c))
+        # The least-squares model's spread: the RMS residual per output, set after training.
+        self.register_buffer("fixed_sigma", torch.ones(c))
+
+    def set_normalization(self, inputs: np.ndarray, outputs: np.ndarray) -> None:
+        """Standardise with the mean and std of training inputs (N, in_dim) and outputs (N, c)."""
+        def stats(a):
+            a = torch.as_tensor(np.asarray(a), dtype=torch.float32)
+            return a.mean(0), a.std(0).clamp_min(1e-8)
+        with torch.no_grad():
+            for (mean_buf, std_buf), data in (((self.in_mean, self.in_std), inputs),
+                                              ((self.out_mean, self.out_std), outputs)):
+                mean, std = stats(data)
+                mean_buf.copy_(mean)
+                std_buf.copy_(std)
+            self.in_mean[self.angular] = 0.0
+            self.in_std[self.angular] = 1.0
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """Body input (N, features): standardised coordinates, angles as (cos, sin)."""
+        z = (x - self.in_mean) / self.in_std
+        if not bool(self.angular.any()):
+            return z
+        a = x[:, self.angular]
+        return torch.cat([z[:, ~self.angular], torch.cos(a), torch.sin(a)], dim=1)
+
+    def forward_normalized(self, x: torch.Tensor):
+        """(log_weights (N,K), means (N,K,c), sigmas (N,K,c)) in standardised output units."""
+        k, c = self.config.components, self.config.output_dim
+        h = self.head(self.body(self._features(x)))
+        n = h.shape[0]
+        if self.config.kind == "least_squares":
+            means = h.reshape(n, 1, c)
+            return (torch.zeros(n, 1, dtype=h.dtype, device=h.device), means,
+                    (self.fixed_sigma / self.out_std).expand_as(means))
+        log_weights = F.log_softmax(h[:, :k], dim=-1)
+        means = h[:, k:k + k * c].reshape(n, k, c)
+        sigmas = F.softplus(h[:, k + k * c:].reshape(n, k, c)) + self.config.sigma_floor
+        return log_weights, means, sigmas
+
+    def forward(self, x: torch.Tensor):
+        """(weights (N,K), means (N,K,c), sigmas (N,K,c)) in physical units."""
+        log_weights, means, sigmas = self.forward_normalized(x)
+        return log_weights.exp(), means * self.out_std + self.out_mean, sigmas * self.out_std
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training loss (scalar): NLL in standardised units, or MSE for the least-squares model."""
+        log_weights, means, sigmas = self.forward_normalized(x)
+        y_norm = (y - self.out_mean) / self.out_std
+        if self.config.kind == "least_squares":
+            return (means[:, 0] - y_norm).pow(2).sum(-1).mean()
+        return mixture_nll(log_weights, means, sigmas, y_norm)
+
+    def nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean NLL (scalar) of outputs y (N, c) in physical units (nats per sample)."""
+        log_weights, means, sigmas = self.forward_normalized(x)
+        y_norm = (y - self.out_mean) / self.out_std
+        return mixture_nll(log_weights, means, sigmas, y_norm) + torch.log(self.out_std).sum()
+
+    @torch.no_grad()
+    def modes(self, x: torch.Tensor):
+        """All K means sorted by weight, heaviest first: (weights (N,K), means (N,K,c))."""
+        weights, means, _ = self(x)
+        order = torch.argsort(weights, dim=1, descending=True, stable=True)
+        return weights.gather(1, order), means.gather(1, order[..., None].expand_as(means))
+
+    @torch.no_grad()
+    def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One draw per input (N, c): a component chosen by weight, then a Gaussian draw."""
+        weights, means, sigmas = self(x)
+        idx = torch.multinomial(weights, 1, generator=generator)[:, 0]
+        rows = torch.arange(len(idx))
+        noise = torch.randn(means[rows, idx].shape, generator=generator, dtype=means.dtype)
+        return means[rows, idx] + sigmas[rows, idx] * noise
