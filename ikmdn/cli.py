@@ -14,7 +14,13 @@ import click
 from ikmdn import __version__
 from ikmdn.errors import IKMDNError
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "exported_models" / "bishop.onnx"
+
+
+def default_model() -> Path:
+    """The shipped bishop model (exported_models/bishop.onnx, installed as package data)."""
+    from importlib.resources import files
+
+    return Path(str(files("ikmdn.exported_models") / "bishop.onnx"))
 
 
 class _Group(click.Group):
@@ -210,7 +216,8 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
     if bool(coordinates) == bool(targets_path):
         raise click.UsageError("give either target COORDINATES or --targets FILE (one of them)")
     numbers = _parse_coordinates(coordinates)
-    solver = IKSolver.load(model_path or DEFAULT_MODEL, threads=threads,
+    model_path = model_path or default_model()
+    solver = IKSolver.load(model_path, threads=threads,
                            refine_settings=RefineSettings(tol=tol, max_iter=max_iter))
     arm = solver.arm
     if targets_path:
@@ -223,7 +230,7 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
                 f"({', '.join(arm.target_names)}), got {len(numbers)}", param_hint="COORDINATES")
         total, chunks = 1, iter([[numbers]])
     batches = (solver.solve(chunk, refine=not no_refine) for chunk in chunks)
-    model_name = str(model_path or DEFAULT_MODEL)
+    model_name = str(model_path)
     if output is not None:
         write_npz(output, total, batches, force)
         click.echo(f"wrote {output}: {total} targets")

@@ -2,7 +2,9 @@
 
 Shapes: inputs x (N, in_dim) in physical units; outputs y (N, out_dim). The model standardises
 inputs and outputs with stored buffers, so `forward` speaks physical units. Angular inputs
-(e.g. a hand angle) enter the body as (cos, sin) so the network sees no seam at +-pi.
+(e.g. a hand angle) enter the body as (cos, sin) so the network sees no seam at +-pi. Periodic
+outputs (joints that turn a full circle) use a wrapped Gaussian: the density of angle y is
+summed over y + 2 pi k, k in {-1, 0, 1}, so a mode at +-pi is one component, not two halves.
 """
 
 from __future__ import annotations
@@ -34,10 +36,13 @@ class MDNConfig:
     sigma_floor: float = 1e-4
     kind: str = "mdn"
     angular_inputs: tuple[bool, ...] = field(default_factory=tuple)
+    periodic_outputs: tuple[bool, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
         self.angular_inputs = tuple(bool(a) for a in self.angular_inputs) or (False,) * self.input_dim
+        self.periodic_outputs = (tuple(bool(a) for a in self.periodic_outputs)
+                                 or (False,) * self.output_dim)
         if self.kind not in MODEL_KINDS:
             raise IKMDNError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.activation not in ACTIVATIONS:
@@ -51,6 +56,9 @@ class MDNConfig:
             raise IKMDNError(f"hidden widths must be positive, got {self.hidden}")
         if len(self.angular_inputs) != self.input_dim:
             raise IKMDNError(f"angular_inputs needs {self.input_dim} flags, got {self.angular_inputs}")
+        if len(self.periodic_outputs) != self.output_dim:
+            raise IKMDNError(f"periodic_outputs needs {self.output_dim} flags, "
+                             f"got {self.periodic_outputs}")
         if not self.sigma_floor > 0:
             raise IKMDNError(f"sigma_floor must be positive, got {self.sigma_floor}")
 
@@ -58,6 +66,7 @@ class MDNConfig:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         d["angular_inputs"] = list(self.angular_inputs)
+        d["periodic_outputs"] = list(self.periodic_outputs)
         return d
 
     @classmethod
@@ -66,19 +75,26 @@ class MDNConfig:
 
 
 def mixture_log_prob(log_weights: torch.Tensor, means: torch.Tensor, sigmas: torch.Tensor,
-                     y: torch.Tensor) -> torch.Tensor:
+                     y: torch.Tensor, periods: torch.Tensor | None = None) -> torch.Tensor:
     """log p(y) (N,) of diagonal Gaussian mixtures, all in log space (log-sum-exp).
 
-    log_weights (N, K); means, sigmas (N, K, c); y (N, c).
+    log_weights (N, K); means, sigmas (N, K, c); y (N, c). periods (c,): 0 for an ordinary
+    dimension, P > 0 for a periodic one, whose kernel is wrapped: summed over y + P k, k = -1, 0, 1
+    (exact to within exp(-P^2 / (2 sigma^2)), negligible for sigma < P / 6).
     """
-    z = (y[:, None, :] - means) / sigmas
-    log_kernel = -0.5 * z.pow(2) - torch.log(sigmas) - 0.5 * math.log(2 * math.pi)
+    diff = y[:, None, :] - means
+    log_norm = -torch.log(sigmas) - 0.5 * math.log(2 * math.pi)
+    if periods is None or not bool((periods > 0).any()):
+        log_kernel = -0.5 * (diff / sigmas).pow(2) + log_norm
+    else:
+        shifts = torch.stack([diff - periods, diff, diff + periods])  # (3, N, K, c)
+        log_kernel = torch.logsumexp(-0.5 * (shifts / sigmas).pow(2), dim=0) + log_norm
     return torch.logsumexp(log_weights + log_kernel.sum(-1), dim=-1)
 
 
-def mixture_nll(log_weights, means, sigmas, y) -> torch.Tensor:
-    """Mean negative log-likelihood (scalar) of y (N, c) under the mixtures."""
-    return -mixture_log_prob(log_weights, means, sigmas, y).mean()
+def mixture_nll(log_weights, means, sigmas, y, periods=None) -> torch.Tensor:
+    """Mean negative log-likelihood (scalar) of y (N, c) under the mixtures (see mixture_log_prob)."""
+    return -mixture_log_prob(log_weights, means, sigmas, y, periods).mean()
 
 
 class MDN(nn.Module):
@@ -97,6 +113,7 @@ class MDN(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(features, k * c if config.kind == "least_squares" else k * (1 + 2 * c))
         self.register_buffer("angular", torch.tensor(config.angular_inputs, dtype=torch.bool))
+        self.register_buffer("periodic", torch.tensor(config.periodic_outputs, dtype=torch.bool))
         self.register_buffer("in_mean", torch.zeros(config.input_dim))
         self.register_buffer("in_std", torch.ones(config.input_dim))
         self.register_buffer("out_mean", torch.zeros(c))
@@ -117,6 +134,9 @@ class MDN(nn.Module):
                 std_buf.copy_(std)
             self.in_mean[self.angular] = 0.0
             self.in_std[self.angular] = 1.0
+            # Periodic outputs stay in radians, so their period stays 2 pi.
+            self.out_mean[self.periodic] = 0.0
+            self.out_std[self.periodic] = 1.0
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Body input (N, features): standardised coordinates, angles as (cos, sin)."""
@@ -151,13 +171,18 @@ class MDN(nn.Module):
         y_norm = (y - self.out_mean) / self.out_std
         if self.config.kind == "least_squares":
             return (means[:, 0] - y_norm).pow(2).sum(-1).mean()
-        return mixture_nll(log_weights, means, sigmas, y_norm)
+        return mixture_nll(log_weights, means, sigmas, y_norm, self._periods())
 
     def nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean NLL (scalar) of outputs y (N, c) in physical units (nats per sample)."""
         log_weights, means, sigmas = self.forward_normalized(x)
         y_norm = (y - self.out_mean) / self.out_std
-        return mixture_nll(log_weights, means, sigmas, y_norm) + torch.log(self.out_std).sum()
+        return (mixture_nll(log_weights, means, sigmas, y_norm, self._periods())
+                + torch.log(self.out_std).sum())
+
+    def _periods(self) -> torch.Tensor:
+        """(c,) 2 pi for periodic outputs (standardised units = radians), 0 otherwise."""
+        return self.periodic.to(self.out_std.dtype) * (2 * math.pi)
 
     @torch.no_grad()
     def modes(self, x: torch.Tensor):

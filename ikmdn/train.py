@@ -73,7 +73,8 @@ class TrainConfig:
         return MDNConfig(input_dim=arm.target_dim, output_dim=arm.dof,
                          components=self.components, hidden=self.hidden,
                          activation=self.activation, sigma_floor=self.sigma_floor, kind=self.kind,
-                         angular_inputs=tuple(arm.angular_targets))
+                         angular_inputs=tuple(arm.angular_targets),
+                         periodic_outputs=tuple(arm.continuous_joints))
 
 
 # Defaults chosen by scripts/bench_train.py on a 2-core CPU (see README, "Results").

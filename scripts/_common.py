@@ -1,0 +1,34 @@
+"""Shared helpers for the benchmark scripts: timing and result files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "exported_models"
+
+
+def best_time(fn, repeats: int = 5) -> float:
+    """Smallest wall time in seconds of fn() over repeats (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def write_results(path: Path, results: dict) -> None:
+    """Write results (plus the machine) as JSON, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = {"machine": {"cpu": platform.processor() or platform.machine(),
+                           "python": platform.python_version(), "numpy": np.__version__},
+               **results}
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
