@@ -40,7 +40,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def damped_step(jac: np.ndarray, r: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    """Solve (J^T J + lam I) dq = -J^T r for every candidate: jac (t, d, M), r (t, M) -> (d, M)."""
+    """Solve (J^T J + lam I) dq = -J^T r for every candidate: jac (e, d, M), r (e, M) -> (d, M)."""
     d = jac.shape[1]
     cols = [jac[:, i] for i in range(d)]
     g = [-_dot(c, r) for c in cols]
@@ -82,10 +82,10 @@ def refine(arm: Arm, q0: np.ndarray, targets: np.ndarray,
     keeps it only if the error drops. Every row stops on its own: at tol, at a local minimum
     (stalled progress or saturated damping), or at max_iter.
     """
-    dof, td = arm.dof, arm.target_dim
+    dof, td, rd = arm.dof, arm.target_dim, arm.residual_dim
     # One array of per-candidate rows, so that compacting the active set is a single gather:
-    # q (dof), reached (td), residual (td), error (1), target (td), damping (1).
-    rows = np.cumsum([0, dof, td, td, 1, td, 1])
+    # q (dof), reached (td), residual (rd), error (1), target (td), damping (1).
+    rows = np.cumsum([0, dof, td, rd, 1, td, 1])
     state = np.empty((rows[-1], len(q0)))
 
     def views(a):

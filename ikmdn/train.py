@@ -79,7 +79,7 @@ class TrainConfig:
 
 # Defaults chosen by scripts/bench_train.py on a 2-core CPU (see README, "Results").
 ARM_DEFAULTS: dict[str, dict[str, Any]] = {
-    "bishop": {},
+    "bishop": {"components": 2},
     "planar2": {"components": 8},
     "planar3": {"components": 8},
 }

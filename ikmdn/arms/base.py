@@ -71,6 +71,12 @@ class Arm(abc.ABC):
         return len(self.target_names)
 
     @property
+    def residual_dim(self) -> int:
+        """Length of the error vector that refinement drives to zero (target_dim for plain targets;
+        6 for a pose: position difference and rotation log-map)."""
+        return self.target_dim
+
+    @property
     def joint_limits(self) -> np.ndarray:
         """Joint limits (dof, 2) [lo, hi] in radians (a copy)."""
         return self._limits.copy()
@@ -126,7 +132,9 @@ class Arm(abc.ABC):
     # over contiguous rows of length N, several times faster for small dof than (N, dof, ...).
     @abc.abstractmethod
     def kinematics_t(self, qt: np.ndarray, jacobian: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """(targets (target_dim, N), Jacobian (target_dim, dof, N) or None) for joints (dof, N)."""
+        """(targets (target_dim, N), Jacobian (residual_dim, dof, N) or None) for joints (dof, N).
+
+        The Jacobian is that of `residual` with respect to q (for plain targets, d fk / d q)."""
 
     @abc.abstractmethod
     def fk_torch(self, q):
@@ -137,14 +145,14 @@ class Arm(abc.ABC):
         return self.kinematics_t(as_batch(q, self.dof, "joints").T, False)[0].T
 
     def jacobian(self, q) -> np.ndarray:
-        """Analytic Jacobian d fk / d q (N, target_dim, dof) float64 at joints q (N, dof)."""
+        """Analytic Jacobian (N, residual_dim, dof) float64 at joints q (N, dof): d fk / d q for
+        plain targets, the geometric Jacobian (translation rows first) for poses."""
         return self.kinematics_t(as_batch(q, self.dof, "joints").T, True)[1].transpose(2, 0, 1)
 
     def residual(self, reached: np.ndarray, targets: np.ndarray, axis: int = -1) -> np.ndarray:
-        """reached - targets, angular coordinates wrapped into [-pi, pi).
-
-        Arrays are (..., target_dim), or (target_dim, ...) with axis=0.
-        """
+        """Error vector (..., residual_dim) of reached vs targets (both (..., target_dim)); here
+        reached - targets with angular coordinates wrapped into [-pi, pi). With axis=0 the layout
+        is (target_dim, ...) -> (residual_dim, ...). Pose arms override it."""
         diff = np.asarray(reached, dtype=np.float64) - targets
         if self.angular_targets.any():
             angular = self.angular_targets if axis == -1 else self.angular_targets[:, None]
