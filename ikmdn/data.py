@@ -32,7 +32,9 @@ class Dataset:
         return len(self.inputs)
 
     def split(self, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-        """(rest, held_out): a random `fraction` of the rows held out, reproducibly."""
+        """(rest, held_out): a random `fraction` in (0, 1) of the rows held out, reproducibly."""
+        if not 0 < fraction < 1:
+            raise IKMDNError(f"held-out fraction must be in (0, 1), got {fraction}")
         order = np.random.default_rng(seed).permutation(len(self))
         n_held = max(1, int(round(fraction * len(self))))
         held, rest = order[:n_held], order[n_held:]
@@ -53,10 +55,14 @@ class Dataset:
             raise IKMDNError(f"cannot read dataset {path}: {exc}") from None
 
 
-def make_ik_dataset(arm: Arm, n: int, seed: int) -> Dataset:
-    """n joint vectors drawn uniformly within the limits; inputs = fk(joints), outputs = joints."""
+def _check_size(n: int) -> None:
     if n <= 0:
         raise IKMDNError(f"number of samples must be positive, got {n}")
+
+
+def make_ik_dataset(arm: Arm, n: int, seed: int) -> Dataset:
+    """n joint vectors drawn uniformly within the limits; inputs = fk(joints), outputs = joints."""
+    _check_size(n)
     joints = arm.sample_joints(n, np.random.default_rng(seed))
     return Dataset(arm.fk(joints), joints)
 
@@ -66,6 +72,7 @@ def sinusoid_post(n: int, seed: int) -> Dataset:
 
     Returns inputs y (n, 1) and outputs x (n, 1): for most y several x fit.
     """
+    _check_size(n)
     rng = np.random.default_rng(seed)
     x = rng.uniform(-10.5, 10.5, (n, 1))
     y = 7.0 * np.sin(0.75 * x) + 0.5 * x + rng.normal(size=(n, 1))
@@ -77,6 +84,7 @@ def sinusoid_bishop(n: int, seed: int) -> Dataset:
 
     Returns inputs t (n, 1) and outputs x (n, 1).
     """
+    _check_size(n)
     rng = np.random.default_rng(seed)
     x = rng.uniform(0.0, 1.0, (n, 1))
     t = x + 0.3 * np.sin(2 * math.pi * x) + rng.uniform(-0.1, 0.1, (n, 1))

@@ -10,7 +10,7 @@ summed over y + 2 pi k, k in {-1, 0, 1}, so a mode at +-pi is one component, not
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -71,6 +71,10 @@ class MDNConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MDNConfig:
+        known = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(d) - known), [k for k in ("input_dim", "output_dim") if k not in d]
+        if unknown or missing:
+            raise IKMDNError(f"invalid model config: unknown keys {unknown}, missing keys {missing}")
         return cls(**d)
 
 

@@ -304,12 +304,10 @@ def test_presets_wrap_or_clip():
     np.testing.assert_allclose(bishop.project_to_limits(q.T, axis=0), [[1.2, 1.2], [PI / 2, PI / 2]])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Arm._per_joint (ikmdn/arms/base.py) shapes per-joint limits as (dof, 1) for axis=0, which "
-    "only broadcasts against 2-D (dof, N) arrays; the docstring promises (dof, ...)"))
-def test_project_to_limits_axis0_three_dims():
+@pytest.mark.parametrize("n", [4, 2], ids=["broadcast-error", "silently-wrong"])
+def test_project_to_limits_axis0_three_dims(n):
     bishop = get_arm("bishop")
-    q = np.random.default_rng(10).uniform(-5, 5, (4, 3, 2))  # (N, K, dof)
+    q = np.random.default_rng(10).uniform(-5, 5, (n, 3, 2))  # (N, K, dof)
     expected = bishop.project_to_limits(q)
     got = bishop.project_to_limits(np.moveaxis(q, -1, 0), axis=0)  # (dof, N, K)
     np.testing.assert_array_equal(np.moveaxis(got, 0, -1), expected)
@@ -359,6 +357,16 @@ def test_closed_form_outside_workspace(arm):
     q, valid = closed_form_ik(arm, x)
     assert not valid.any()
     assert np.isnan(q).all()
+
+
+def test_closed_form_single_branch_on_workspace_boundary():
+    """Fully stretched, both elbows coincide: one valid branch, not two copies."""
+    arm = get_arm("planar2")
+    angles = np.array([0.0, 1.0, -2.5])
+    x = 1.6 * np.column_stack([np.cos(angles), np.sin(angles)])
+    q, valid = closed_form_ik(arm, x)
+    np.testing.assert_array_equal(valid.sum(axis=1), 1)
+    np.testing.assert_allclose(q[valid], np.column_stack([angles, np.zeros(3)]), atol=1e-7)
 
 
 def test_closed_form_rejects_arms_without_oracle():

@@ -42,7 +42,8 @@ def _row_set(a: np.ndarray) -> set[tuple[float, ...]]:
     return {tuple(row) for row in a.tolist()}
 
 
-@pytest.mark.parametrize(("n", "fraction", "n_held"), [(100, 0.2, 20), (101, 0.1, 10), (10, 0.01, 1)])
+@pytest.mark.parametrize(("n", "fraction", "n_held"),
+                         [(100, 0.2, 20), (101, 0.1, 10), (10, 0.29, 3), (10, 0.01, 1)])
 def test_split_sizes_and_disjointness(n, fraction, n_held):
     arm = get_arm("planar2")
     data = make_ik_dataset(arm, n, seed=1)

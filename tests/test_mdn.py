@@ -240,35 +240,39 @@ def test_modes_sorted_by_weight():
     assert (w_sorted[:, :-1] >= w_sorted[:, 1:]).all()
 
 
-def _three_spike_model():
-    """K=3, c=2; weights 0.6/0.3/0.1, well-separated means, sigma at the floor 1e-4."""
-    model = make_model(input_dim=2, output_dim=2, components=3, sigma_floor=1e-4)
+def _three_spike_model(sigma):
+    """K=3, c=2; weights 0.6/0.3/0.1, well-separated means, every sigma `sigma` (>= floor 1e-4)."""
+    floor = 1e-4
+    model = make_model(input_dim=2, output_dim=2, components=3, sigma_floor=floor)
     logits = np.log([0.6, 0.3, 0.1])
     centres = np.array([[0.0, 0.0], [1.0, -1.0], [-2.0, 3.0]])
-    set_head(model, np.concatenate([logits, centres.ravel(), np.full(6, -60.0)]))
+    raw = -60.0 if sigma == floor else math.log(math.expm1(sigma - floor))  # softplus^-1
+    set_head(model, np.concatenate([logits, centres.ravel(), np.full(6, raw)]))
     return model, centres
 
 
-def test_sample_reproducible_and_near_the_means():
-    model, centres = _three_spike_model()
-    x = torch.zeros(6000, 2)
+@pytest.mark.parametrize("sigma", [1e-4, 0.02], ids=["at-floor", "wider"])
+def test_sample_reproducible_and_near_the_means(sigma):
+    model, centres = _three_spike_model(sigma)
+    x = torch.zeros(3000, 2)
     weights, means, sigmas = forward_np(model, x[:1])  # the head layout assumed by _three_spike_model
     np.testing.assert_allclose(weights[0], [0.6, 0.3, 0.1], rtol=1e-5)
     np.testing.assert_allclose(means[0], centres, atol=1e-6)
-    assert sigmas.max() < 2e-4
+    np.testing.assert_allclose(sigmas, sigma, rtol=1e-4)
 
     draws = model.sample(x, generator=torch.Generator().manual_seed(0))
-    assert draws.shape == (6000, 2)
+    assert draws.shape == (3000, 2)
     again = model.sample(x, generator=torch.Generator().manual_seed(0))
     other = model.sample(x, generator=torch.Generator().manual_seed(1))
     assert torch.equal(draws, again) and not torch.equal(draws, other)
 
     dist = np.linalg.norm(draws.numpy()[:, None, :] - centres[None], axis=-1)  # (N, K)
-    assert dist.min(1).max() < 1e-3  # every draw within 10 sigma of a mean
+    assert dist.min(1).max() < 10 * sigma  # every draw near one of the means
     share = np.bincount(dist.argmin(1), minlength=3) / len(draws)
     np.testing.assert_allclose(share, [0.6, 0.3, 0.1], atol=0.03)
-    spread = draws.numpy()[dist.argmin(1) == 0].std(0)
-    np.testing.assert_allclose(spread, 1e-4, rtol=0.1)  # Gaussian noise of sigma 1e-4
+    first = draws.numpy()[dist.argmin(1) == 0]
+    np.testing.assert_allclose(first.std(0), sigma, rtol=0.1)  # Gaussian noise of that sigma
+    np.testing.assert_allclose(first.mean(0), 0.0, atol=0.2 * sigma)
 
 
 # -- config -----------------------------------------------------------------------------------
@@ -304,9 +308,6 @@ def test_bad_configs_raise(changes):
         MDNConfig(**kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "MDNConfig.from_dict (ikmdn/mdn.py) passes the dict straight to cls(**d): an unknown or "
-    "missing key raises a bare TypeError instead of IKMDNError (TrainConfig.from_dict checks keys)"))
 @pytest.mark.parametrize("drop, extra", [(None, {"colour": "red"}), ("input_dim", {})],
                          ids=["unknown-key", "missing-key"])
 def test_config_from_dict_bad_keys_raise_ikmdn_error(drop, extra):
@@ -351,7 +352,7 @@ def test_mixture_best_mode_matches_loop():
 
 def test_mixture_sample_matches_per_row_reference():
     rows = np.array([[0.6, 0.3, 0.1, 0.0], [0.0, 0.0, 0.5, 0.5], [0.0, 1.0, 0.0, 0.0]])
-    reps = 4000
+    reps = 2000
     weights = np.repeat(rows, reps, axis=0)
     centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
     means = np.broadcast_to(centres, (len(weights), 4, 2)).copy()
@@ -371,7 +372,7 @@ def test_mixture_sample_matches_per_row_reference():
         assert np.linalg.norm(draw_set - centres[picked], axis=-1).max() < 0.1  # 10 sigma
         for r, row in enumerate(rows):
             share = np.bincount(picked[r * reps:(r + 1) * reps], minlength=4) / reps
-            np.testing.assert_allclose(share, row, atol=0.03)
+            np.testing.assert_allclose(share, row, atol=0.035)
             assert np.all(share[row == 0] == 0)  # zero-weight components are never drawn
     near_origin = np.linalg.norm(draws[:reps], axis=-1) < 1  # row 0's component 0
     assert near_origin.sum() > 0.5 * reps

@@ -105,7 +105,7 @@ class Arm(abc.ABC):
         out = np.array(q, dtype=np.float64)
         cont = np.flatnonzero(self.continuous_joints)
         if cont.size:
-            lo = self._per_joint(self._limits[cont, 0], axis)
+            lo = self._per_joint(self._limits[cont, 0], axis, out.ndim)
             pick = (cont,) if axis == 0 else (..., cont)
             out[pick] = lo + (out[pick] - lo) % TWO_PI
         return out
@@ -115,16 +115,16 @@ class Arm(abc.ABC):
         out = self.wrap_joints(q, axis)
         bounded = np.flatnonzero(~self.continuous_joints)
         if bounded.size:
-            lo = self._per_joint(self._limits[bounded, 0], axis)
-            hi = self._per_joint(self._limits[bounded, 1], axis)
+            lo = self._per_joint(self._limits[bounded, 0], axis, out.ndim)
+            hi = self._per_joint(self._limits[bounded, 1], axis, out.ndim)
             pick = (bounded,) if axis == 0 else (..., bounded)
             out[pick] = np.clip(out[pick], lo, hi)
         return out
 
     @staticmethod
-    def _per_joint(values: np.ndarray, axis: int) -> np.ndarray:
-        """Per-joint values shaped to broadcast along axis -1 or 0."""
-        return values if axis == -1 else values[:, None]
+    def _per_joint(values: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+        """Per-joint values shaped to broadcast against an ndim array whose joint axis is 0 or -1."""
+        return values if axis == -1 else values.reshape((-1,) + (1,) * (ndim - 1))
 
     # -- kinematics ------------------------------------------------------------------------
     # Subclasses implement one kinematic core in the component-major layout (joints (dof, N),

@@ -8,13 +8,17 @@ from __future__ import annotations
 import numpy as np
 
 from ikmdn.arms.base import TWO_PI, Arm, as_batch
+from ikmdn.arms.closed_form_spatial import has_spatial_closed_form, spatial_closed_form_ik
 from ikmdn.arms.planar import PlanarArm
 from ikmdn.errors import IKMDNError
 
 
 def has_closed_form(arm: Arm) -> bool:
-    """True for planar two-link position arms and planar three-link (x, y, phi) arms."""
-    return isinstance(arm, PlanarArm) and (arm.dof, arm.orientation) in {(2, False), (3, True)}
+    """True for planar two-link position arms, planar three-link (x, y, phi) arms, and the rrr-type
+    and UR-type serial arms of ikmdn.arms.closed_form_spatial."""
+    if isinstance(arm, PlanarArm):
+        return (arm.dof, arm.orientation) in {(2, False), (3, True)}
+    return has_spatial_closed_form(arm)
 
 
 def _two_link(px: np.ndarray, py: np.ndarray, l1: float, l2: float):
@@ -38,10 +42,13 @@ def _into_limits(arm: Arm, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def closed_form_ik(arm: Arm, targets) -> tuple[np.ndarray, np.ndarray]:
     """All IK branches: joints (N, B, dof) and valid (N, B) (reachable, in limits, distinct).
 
-    Invalid entries hold NaN. B = 2 (elbow up and down) for the supported planar arms.
+    Invalid entries hold NaN. B = 2 (elbow up and down) for the supported planar arms, 4 for
+    rrr-type and 8 for UR-type serial arms.
     """
     if not has_closed_form(arm):
         raise IKMDNError(f"arm {arm.name!r} has no closed-form IK oracle")
+    if not isinstance(arm, PlanarArm):
+        return spatial_closed_form_ik(arm, targets)
     x = as_batch(targets, arm.target_dim, "targets")
     lengths, offsets = arm.link_lengths, arm.joint_offsets
     px, py = x[:, 0], x[:, 1]

@@ -79,7 +79,7 @@ class PlanarArm(Arm):
         a = torch.cumsum(q + offsets, dim=-1)
         cols = [torch.cos(a) @ lengths, torch.sin(a) @ lengths]
         if self.orientation:
-            cols.append(torch.atan2(torch.sin(a[:, -1]), torch.cos(a[:, -1])))
+            cols.append(torch.remainder(a[:, -1] + math.pi, 2 * math.pi) - math.pi)  # [-pi, pi)
         return torch.stack(cols, dim=-1)
 
     def _params(self) -> dict[str, Any]:
