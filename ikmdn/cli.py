@@ -6,6 +6,7 @@ Library errors (IKMDNError) become one-line messages: exit 2 for bad input, 1 fo
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import click
 
 from ikmdn import __version__
 from ikmdn.errors import IKMDNError
-
 
 
 def default_model() -> Path:
@@ -111,9 +111,9 @@ def train_command(arm_name, out_dir, samples, components, epochs, batch_size, lr
                             batch_size=batch_size, lr=lr, hidden=hidden, activation=activation,
                             seed=seed, device=device,
                             kind="least_squares" if baseline else None)
-    prepare_out_dir(out_dir, force)  # fail before training, not after
     if export_path is not None and export_path.exists() and not force:
         raise IKMDNError(f"{export_path} already exists; pass --force to overwrite it")
+    prepare_out_dir(out_dir, force)  # fail before training, not after
     with click.progressbar(length=config.epochs, label=f"training {config.kind} on {arm_name}",
                            file=sys.stderr, show_pos=True,
                            item_show_func=lambda r: r and f"loss {r.train_loss:.3f} "
@@ -179,6 +179,9 @@ def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
         except ValueError:
             raise click.BadParameter(f"{v!r} is neither an option nor a number",
                                      param_hint="COORDINATES") from None
+        if not math.isfinite(numbers[-1]):
+            raise click.BadParameter(f"coordinates must be finite, got {v!r}",
+                                     param_hint="COORDINATES")
     return numbers
 
 

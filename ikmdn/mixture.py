@@ -28,9 +28,10 @@ class Mixture:
         n, k = self.weights.shape
         order = np.argsort(-self.weights, axis=1, kind="stable")
         pick = (order + k * np.arange(n)[:, None]).ravel()
+        dof = self.means.shape[-1]
         return Mixture(self.weights.ravel()[pick].reshape(n, k),
-                       self.means.reshape(n * k, -1)[pick].reshape(self.means.shape),
-                       self.sigmas.reshape(n * k, -1)[pick].reshape(self.sigmas.shape))
+                       self.means.reshape(n * k, dof)[pick].reshape(self.means.shape),
+                       self.sigmas.reshape(n * k, dof)[pick].reshape(self.sigmas.shape))
 
     def best_mode(self) -> np.ndarray:
         """Means of the heaviest component (N, dof)."""

@@ -163,7 +163,7 @@ class IKSolver:
             # Heaviest first, merged duplicates last: one flat gather per array.
             order = np.argsort(np.where(distinct, -weights, 1.0), axis=1, kind="stable")
             pick = (order + k * np.arange(n)[:, None]).ravel()
-            joints, positions, sigmas = (a.reshape(n * k, -1)[pick].reshape(a.shape)
+            joints, positions, sigmas = (a.reshape(n * k, a.shape[-1])[pick].reshape(a.shape)
                                          for a in (joints, positions, sigmas))
             errors, within, weights, distinct = (a.ravel()[pick].reshape(n, k)
                                                  for a in (errors, within, weights, distinct))

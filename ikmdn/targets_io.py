@@ -97,7 +97,10 @@ class TargetsFile:
         return self._rows
 
     def batches(self, size: int) -> Iterator[np.ndarray]:
-        """The rows in order, as float64 arrays of at most size rows."""
+        """The rows in order, as float64 arrays of at most size rows (one empty batch if none)."""
+        if self._rows == 0:
+            yield np.zeros((0, self.width))
+            return
         if self._npy:
             arr = _open_npy(self.path, self.width)
             for start in range(0, len(arr), size):

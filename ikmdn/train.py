@@ -126,8 +126,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise IKMDNError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise IKMDNError(f"{path} is not an ikmdn checkpoint: {str(exc).splitlines()[0]}") from None
+    except Exception:  # torch raises many types for a bad file
+        raise IKMDNError(f"{path} is not an ikmdn checkpoint (torch cannot load it as plain "
+                         "tensors and JSON)") from None
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise IKMDNError(f"{path} is not an ikmdn checkpoint (no state_dict)")
     if payload.get("format", 0) > FORMAT_VERSION:
