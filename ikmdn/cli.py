@@ -83,7 +83,8 @@ def arms_command():
               help="Preset arm (see `ikmdn arms`).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder for model.pt, config.json, history.csv, loss.png.")
-@click.option("--samples", type=int, callback=_positive, help="Training + validation pairs.")
+@click.option("--samples", type=int, callback=_positive,
+              help="Training pairs per epoch (a validation set is drawn on top).")
 @click.option("--components", type=int, callback=_positive, help="Mixture components K.")
 @click.option("--epochs", type=int, callback=_positive, help="Passes over the data.")
 @click.option("--batch-size", type=int, callback=_positive, help="Minibatch size.")
@@ -97,29 +98,45 @@ def arms_command():
 @click.option("--export", "export_path", type=click.Path(path_type=Path),
               help="Also export the trained model to this .onnx file.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out folder / --export file.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out (its own settings, from last.pt).")
 def train_command(arm_name, out_dir, samples, components, epochs, batch_size, lr, hidden,
-                  activation, seed, device, baseline, export_path, force):
+                  activation, seed, device, baseline, export_path, force, resume):
     """Train an MDN on an arm's inverse kinematics (data made by forward kinematics).
 
-    Defaults are tuned per arm; the best-validation checkpoint is kept.
+    Defaults are tuned per arm; the best-validation checkpoint is kept, and last.pt lets an
+    interrupted run continue with --resume.
 
     Example: ikmdn train --arm bishop --out runs/bishop --export bishop.onnx
     """
-    from ikmdn.train import default_config, prepare_out_dir, train_run
+    from ikmdn.train import default_config, prepare_out_dir, resume_run, train_run
 
-    config = default_config(arm_name, samples=samples, components=components, epochs=epochs,
-                            batch_size=batch_size, lr=lr, hidden=hidden, activation=activation,
-                            seed=seed, device=device,
-                            kind="least_squares" if baseline else None)
     if export_path is not None and export_path.exists() and not force:
         raise IKMDNError(f"{export_path} already exists; pass --force to overwrite it")
-    prepare_out_dir(out_dir, force)  # fail before training, not after
-    with click.progressbar(length=config.epochs, label=f"training {config.kind} on {arm_name}",
-                           file=sys.stderr, show_pos=True,
-                           item_show_func=lambda r: r and f"loss {r.train_loss:.3f} "
-                                                        f"val NLL {r.val_nll:.3f}") as bar:
-        checkpoint = train_run(config, out_dir, force=True,
-                               on_epoch=lambda r: bar.update(1, r))
+    if resume:
+        given = [name for name, value in (("--samples", samples), ("--components", components),
+                                          ("--epochs", epochs), ("--batch-size", batch_size),
+                                          ("--lr", lr), ("--hidden", hidden),
+                                          ("--activation", activation), ("--seed", seed),
+                                          ("--baseline", baseline or None))
+                 if value is not None]
+        if given:
+            raise click.UsageError(f"--resume continues with the run's own settings; drop "
+                                   f"{', '.join(given)}")
+        checkpoint = resume_run(out_dir, on_epoch=lambda r: click.echo(
+            f"epoch {r.epoch}: loss {r.train_loss:.3f}, validation NLL {r.val_nll:.3f}", err=True))
+    else:
+        config = default_config(arm_name, samples=samples, components=components, epochs=epochs,
+                                batch_size=batch_size, lr=lr, hidden=hidden, activation=activation,
+                                seed=seed, device=device,
+                                kind="least_squares" if baseline else None)
+        prepare_out_dir(out_dir, force)  # fail before training, not after
+        with click.progressbar(length=config.epochs, label=f"training {config.kind} on {arm_name}",
+                               file=sys.stderr, show_pos=True,
+                               item_show_func=lambda r: r and f"loss {r.train_loss:.3f} "
+                                                            f"val NLL {r.val_nll:.3f}") as bar:
+            checkpoint = train_run(config, out_dir, force=True,
+                                   on_epoch=lambda r: bar.update(1, r))
     m = checkpoint.metrics
     click.echo(f"wrote {out_dir}/model.pt: validation NLL {m['val_nll']:.3f} (epoch {m['epoch']}),"
                f" best-mode RMS error {m['best_mode_rms']:.2e}, min-over-modes "

@@ -92,3 +92,41 @@ def sinusoid_bishop(n: int, seed: int) -> Dataset:
 
 
 TOY_PROBLEMS = {"post": sinusoid_post, "bishop": sinusoid_bishop}
+
+
+@dataclass(frozen=True)
+class ArmStream:
+    """IK pairs made on the fly by forward kinematics, chunk by chunk (bounded memory).
+
+    `samples` pairs per epoch in chunks of `chunk` rows. Chunk c of epoch e is drawn from
+    np.random.default_rng([seed, 1, e if resample else 0, c]): with resample=False every epoch
+    sees the same pairs (a fixed dataset that is never held in memory whole), with resample=True
+    every epoch sees fresh ones. The validation set comes from its own stream.
+    """
+
+    arm: Arm
+    samples: int
+    seed: int
+    resample: bool = False
+    chunk: int = 65536
+
+    def __post_init__(self):
+        _check_size(self.samples)
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def _draw(self, n: int, key: list[int]) -> Dataset:
+        joints = self.arm.sample_joints(n, np.random.default_rng([self.seed, *key]))
+        return Dataset(self.arm.fk(joints), joints)
+
+    def chunks(self, epoch: int):
+        """The epoch's pairs as Datasets of at most `chunk` rows (epochs count from 1)."""
+        for index, start in enumerate(range(0, self.samples, self.chunk)):
+            yield self._draw(min(self.chunk, self.samples - start),
+                             [1, epoch if self.resample else 0, index])
+
+    def validation(self, n: int) -> Dataset:
+        """n held-out pairs, never drawn by chunks()."""
+        _check_size(n)
+        return self._draw(n, [0])

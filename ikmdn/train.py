@@ -17,7 +17,7 @@ import torch
 from ikmdn import __version__
 from ikmdn.arms import Arm, arm_from_spec, get_arm
 from ikmdn.arms.base import as_batch
-from ikmdn.data import Dataset, make_ik_dataset
+from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError, JobFailedError
 from ikmdn.mdn import MDN, MDNConfig
 from ikmdn.mixture import Mixture
@@ -28,7 +28,12 @@ CHECKPOINT_NAME = "model.pt"
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a training run; same config + same CPU = same model."""
+    """Everything that decides a training run; same config + same CPU = same model.
+
+    samples: training pairs per epoch, made by forward kinematics in chunks (resample=True draws
+    fresh ones every epoch); the validation set (val_fraction x samples, at most 50,000) is drawn
+    on top from its own stream.
+    """
 
     arm: str = "bishop"
     samples: int = 200_000
@@ -43,6 +48,7 @@ class TrainConfig:
     device: str = "cpu"
     sigma_floor: float = 1e-4
     kind: str = "mdn"
+    resample: bool = False
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -153,12 +159,8 @@ class EpochRecord:
 
 
 ProgressCallback = Callable[[EpochRecord], None]
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+LAST_NAME = "last.pt"
+MAX_VALIDATION = 50_000
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -169,67 +171,142 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def fit(model: MDN, train: Dataset, val: Dataset, config: TrainConfig,
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise IKMDNError(f"unknown torch device {name!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise IKMDNError(f"device {name!r} requested but torch sees no CUDA device")
+    return device
+
+
+TrainSource = Dataset | ArmStream
+
+
+def _chunks(source: TrainSource, epoch: int):
+    return [source] if isinstance(source, Dataset) else source.chunks(epoch)
+
+
+class Trainer:
+    """Adam with a warm-up + cosine schedule, best-validation tracking and NaN detection.
+
+    Its whole state (weights, optimiser, schedule, shuffling generator, history, best weights)
+    round-trips through state_dict()/load_state_dict(), so a run can be resumed bit for bit.
+    """
+
+    def __init__(self, model: MDN, source: TrainSource, val: Dataset, config: TrainConfig):
+        self.model, self.source, self.config = model, source, config
+        self.device = _device(config.device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        norm = source if isinstance(source, Dataset) else next(source.chunks(1))
+        model.set_normalization(norm.inputs, norm.outputs)
+        model.to(self.device)
+        self.xv = torch.as_tensor(val.inputs, dtype=torch.float32, device=self.device)
+        self.yv = torch.as_tensor(val.outputs, dtype=torch.float32, device=self.device)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        chunk_sizes = ([len(source)] if isinstance(source, Dataset)
+                       else [min(source.chunk, len(source) - s)
+                             for s in range(0, len(source), source.chunk)])
+        total = config.epochs * sum(math.ceil(n / config.batch_size) for n in chunk_sizes)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: _lr_factor(s, total, warmup=min(500, total // 10 + 1)))
+        self.history: list[EpochRecord] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def best(self) -> EpochRecord | None:
+        """The epoch with the lowest validation NLL so far."""
+        return min(self.history, key=lambda r: r.val_nll) if self.history else None
+
+    def _train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        total_loss, count = torch.zeros((), device=self.device), 0
+        for chunk in _chunks(self.source, epoch):
+            x = torch.as_tensor(chunk.inputs, dtype=torch.float32, device=self.device)
+            y = torch.as_tensor(chunk.outputs, dtype=torch.float32, device=self.device)
+            order = torch.randperm(len(chunk), generator=self.generator).to(self.device)
+            for start in range(0, len(chunk), self.config.batch_size):
+                idx = order[start:start + self.config.batch_size]
+                loss = self.model.loss(x[idx], y[idx])
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                total_loss += loss.detach() * len(idx)
+            count += len(chunk)
+        return float(total_loss) / count
+
+    def _validate(self) -> float:
+        self.model.eval()
+        with torch.no_grad():
+            if self.config.kind == "least_squares":
+                residual = self.model(self.xv)[1][:, 0] - self.yv
+                self.model.fixed_sigma.copy_(residual.pow(2).mean(0).sqrt().clamp_min(1e-8))
+            return float(self.model.nll(self.xv, self.yv))
+
+    def fit(self, on_epoch: ProgressCallback | None = None,
+            on_best: Callable[[MDN, EpochRecord], None] | None = None,
+            on_epoch_end: Callable[[Trainer], None] | None = None) -> list[EpochRecord]:
+        """Train the remaining epochs; leave the best-validation weights in the model.
+
+        Raises JobFailedError when a loss goes NaN or infinite (the best weights are restored).
+        """
+        elapsed = self.history[-1].seconds if self.history else 0.0
+        start = time.perf_counter() - elapsed
+        for epoch in range(len(self.history) + 1, self.config.epochs + 1):
+            train_loss = self._train_epoch(epoch)
+            val_nll = self._validate()
+            record = EpochRecord(epoch, train_loss, val_nll, self.optimizer.param_groups[0]["lr"],
+                                 time.perf_counter() - start)
+            if not (math.isfinite(train_loss) and math.isfinite(val_nll)):
+                best = self.best
+                if self.best_state is not None:
+                    self.model.load_state_dict(self.best_state)
+                kept = (f"the best weights (epoch {best.epoch}, validation NLL {best.val_nll:.4f}) "
+                        "are kept" if best else "no epoch finished with a finite loss")
+                raise JobFailedError(f"training diverged at epoch {epoch} (train loss {train_loss}, "
+                                     f"validation NLL {val_nll}); {kept}. Try a smaller --lr.")
+            improved = self.best is None or val_nll < self.best.val_nll
+            self.history.append(record)
+            if improved:
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                if on_best:
+                    on_best(self.model, record)
+            if on_epoch:
+                on_epoch(record)
+            if on_epoch_end:
+                on_epoch_end(self)
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        return self.history
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: tensors and JSON strings (weights_only-loadable)."""
+        return {
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "best_state": self.best_state,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": json.dumps([asdict(r) for r in self.history]),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["state_dict"])
+        self.best_state = state["best_state"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.history = [EpochRecord(**r) for r in json.loads(state["history"])]
+
+
+def fit(model: MDN, train: TrainSource, val: Dataset, config: TrainConfig,
         on_epoch: ProgressCallback | None = None,
         on_best: Callable[[MDN, EpochRecord], None] | None = None) -> list[EpochRecord]:
-    """Train model in place on train, keep the weights with the best validation NLL.
-
-    Raises JobFailedError when a loss goes NaN or infinite (the best weights are restored first).
-    """
-    device = torch.device(config.device)
-    generator = torch.Generator().manual_seed(config.seed)
-    model.set_normalization(train.inputs, train.outputs)
-    model.to(device)
-    x = torch.as_tensor(train.inputs, dtype=torch.float32, device=device)
-    y = torch.as_tensor(train.outputs, dtype=torch.float32, device=device)
-    xv = torch.as_tensor(val.inputs, dtype=torch.float32, device=device)
-    yv = torch.as_tensor(val.outputs, dtype=torch.float32, device=device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, total, warmup=min(500, total // 10 + 1)))
-    history: list[EpochRecord] = []
-    best_state, best_val = None, math.inf
-    start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        total_loss = torch.zeros((), device=device)
-        for idx in _batches(len(train), config.batch_size, generator):
-            idx = idx.to(device)
-            loss = model.loss(x[idx], y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.detach() * len(idx)
-        train_loss = float(total_loss) / len(train)
-        model.eval()
-        with torch.no_grad():
-            if config.kind == "least_squares":
-                residual = model(xv)[1][:, 0] - yv
-                model.fixed_sigma.copy_(residual.pow(2).mean(0).sqrt().clamp_min(1e-8))
-            val_nll = float(model.nll(xv, yv))
-        record = EpochRecord(epoch, train_loss, val_nll, optimizer.param_groups[0]["lr"],
-                             time.perf_counter() - start)
-        history.append(record)
-        if on_epoch:
-            on_epoch(record)
-        if not (math.isfinite(train_loss) and math.isfinite(val_nll)):
-            if best_state is not None:
-                model.load_state_dict(best_state)
-            kept = (f"the best weights (validation NLL {best_val:.4f}) are kept"
-                    if best_state is not None else "no epoch finished with a finite loss")
-            raise JobFailedError(f"training diverged at epoch {epoch} (train loss {train_loss}, "
-                                 f"validation NLL {val_nll}); {kept}. Try a smaller --lr.")
-        if val_nll < best_val:
-            best_val = val_nll
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if on_best:
-                on_best(model, record)
-    model.load_state_dict(best_state)
-    model.eval()
-    return history
+    """Train model in place (see Trainer.fit); returns the history."""
+    return Trainer(model, train, val, config).fit(on_epoch, on_best)
 
 
 def build_model(arm: Arm, config: TrainConfig) -> MDN:
@@ -258,27 +335,57 @@ def prepare_out_dir(out_dir: str | Path, force: bool) -> Path:
     return out
 
 
+def _trainer_for(config: TrainConfig) -> tuple[Arm, Trainer]:
+    arm = get_arm(config.arm)
+    stream = ArmStream(arm, config.samples, config.seed, resample=config.resample)
+    n_val = min(MAX_VALIDATION, max(1000, round(config.val_fraction * config.samples)))
+    return arm, Trainer(build_model(arm, config), stream, stream.validation(n_val), config)
+
+
+def _save_last(trainer: Trainer, arm: Arm, path: Path) -> None:
+    payload = {"format": FORMAT_VERSION, "ikmdn_version": __version__,
+               "model_config": json.dumps(trainer.model.config.to_dict()),
+               "train_config": json.dumps(trainer.config.to_dict()),
+               "arm": json.dumps(arm.spec()), **trainer.state_dict()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
 def train_run(config: TrainConfig, out_dir: str | Path, force: bool = False,
               on_epoch: ProgressCallback | None = None) -> Checkpoint:
-    """Generate data, train, and write model.pt, config.json, history.csv and loss.png to out_dir.
+    """Train on pairs made by forward kinematics; write model.pt (best validation weights and
+    their metrics: validation NLL, best-mode and min-over-modes RMS error on 5,000 fresh targets),
+    last.pt (state to resume), config.json, history.csv and loss.png to out_dir."""
+    out = prepare_out_dir(out_dir, force)
+    arm, trainer = _trainer_for(config)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return _run(trainer, arm, out, on_epoch)
 
-    The checkpoint holds the best-validation weights and their metrics (validation NLL, best-mode
-    and min-over-modes RMS error on 5,000 fresh targets).
-    """
+
+def resume_run(out_dir: str | Path, on_epoch: ProgressCallback | None = None) -> Checkpoint:
+    """Continue the training run in out_dir from its last.pt, with its own config."""
+    path = Path(out_dir) / LAST_NAME
+    if not path.is_file():
+        raise IKMDNError(f"cannot resume: {path} does not exist (was {out_dir} made by ikmdn train?)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config = TrainConfig.from_dict(json.loads(state["train_config"]))
+    except (KeyError, json.JSONDecodeError, RuntimeError, OSError) as exc:
+        raise IKMDNError(f"cannot resume from {path}: {exc}") from None
+    arm, trainer = _trainer_for(config)
+    trainer.load_state_dict(state)
+    return _run(trainer, arm, Path(out_dir), on_epoch)
+
+
+def _run(trainer: Trainer, arm: Arm, out: Path, on_epoch: ProgressCallback | None) -> Checkpoint:
     from ikmdn.evaluate import quick_metrics
     from ikmdn.plots import plot_loss_curve
 
-    arm = get_arm(config.arm)
-    out = prepare_out_dir(out_dir, force)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    train, val = make_ik_dataset(arm, config.samples, config.seed).split(
-        config.val_fraction, config.seed)
-    model = build_model(arm, config)
-    history: list[EpochRecord] = []
+    config = trainer.config
 
     def record(r: EpochRecord) -> None:
-        history.append(r)
-        write_history(out / "history.csv", history)
+        write_history(out / "history.csv", trainer.history)
         if on_epoch:
             on_epoch(r)
 
@@ -287,15 +394,17 @@ def train_run(config: TrainConfig, out_dir: str | Path, force: bool = False,
             out / CHECKPOINT_NAME)
 
     try:
-        fit(model, train, val, config, on_epoch=record, on_best=save_best)
+        trainer.fit(on_epoch=record, on_best=save_best,
+                    on_epoch_end=lambda t: _save_last(t, arm, out / LAST_NAME))
     finally:
-        if history:
-            plot_loss_curve(history, out / "loss.png", title=f"{config.kind} on {arm.name}")
-    best = min(history, key=lambda r: r.val_nll)
-    metrics = {"val_nll": best.val_nll, "epoch": best.epoch, "train_seconds": history[-1].seconds,
-               **quick_metrics(arm, CheckpointModel(Checkpoint(model, config, arm)).predict,
+        if trainer.history:
+            plot_loss_curve(trainer.history, out / "loss.png", title=f"{config.kind} on {arm.name}")
+    best = trainer.best
+    metrics = {"val_nll": best.val_nll, "epoch": best.epoch,
+               "train_seconds": trainer.history[-1].seconds,
+               **quick_metrics(arm, CheckpointModel(Checkpoint(trainer.model, config, arm)).predict,
                                seed=config.seed + 1)}
-    checkpoint = Checkpoint(model, config, arm, metrics)
+    checkpoint = Checkpoint(trainer.model, config, arm, metrics)
     checkpoint.save(out / CHECKPOINT_NAME)
     return checkpoint
 
