@@ -25,8 +25,10 @@ class Solutions:
     targets (N, target_dim); joints (N, K, dof) rad; weights (N, K) (a merged duplicate's weight
     moves to the heavier candidate it matches, leaving 0); sigmas (N, K, dof) rad (the network's,
     unchanged by refinement); positions (N, K, target_dim) = fk(joints); errors (N, K) =
-    ||positions - targets||; within_limits (N, K); distinct (N, K) False for merged duplicates;
-    reachable (N,) some distinct in-limit candidate has error <= reach_tol.
+    ||positions - targets|| (for pose targets the hand position distance); rotation_errors (N, K)
+    rad between reached and target hand orientations (0 for position targets); within_limits
+    (N, K); distinct (N, K) False for merged duplicates; reachable (N,) some distinct in-limit
+    candidate has error and rotation error <= reach_tol.
     """
 
     targets: np.ndarray
@@ -35,11 +37,13 @@ class Solutions:
     sigmas: np.ndarray
     positions: np.ndarray
     errors: np.ndarray
+    rotation_errors: np.ndarray
     within_limits: np.ndarray
     distinct: np.ndarray
     reachable: np.ndarray
     refined: bool
     reach_tol: float
+    pose: bool = False
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -47,7 +51,8 @@ class Solutions:
     @property
     def solved(self) -> np.ndarray:
         """(N, K) distinct, in-limit candidates that reach their target within reach_tol."""
-        return self.distinct & self.within_limits & (self.errors <= self.reach_tol)
+        return (self.distinct & self.within_limits & (self.errors <= self.reach_tol)
+                & (self.rotation_errors <= self.reach_tol))
 
     @cached_property
     def best_index(self) -> np.ndarray:
@@ -61,10 +66,14 @@ class Solutions:
         return self.joints[np.arange(len(self)), self.best_index]
 
     def candidate(self, i: int, k: int) -> dict[str, Any]:
-        """Candidate k of target i as a JSON-able dict (the solve JSON's candidate object)."""
-        return {"joints": self.joints[i, k].tolist(), "weight": float(self.weights[i, k]),
-                "sigma": self.sigmas[i, k].tolist(), "position": self.positions[i, k].tolist(),
-                "error": float(self.errors[i, k]), "within_limits": bool(self.within_limits[i, k])}
+        """Candidate k of target i as a JSON-able dict (the solve JSON's candidate object; pose
+        targets add rotation_error_deg)."""
+        out = {"joints": self.joints[i, k].tolist(), "weight": float(self.weights[i, k]),
+               "sigma": self.sigmas[i, k].tolist(), "position": self.positions[i, k].tolist(),
+               "error": float(self.errors[i, k]), "within_limits": bool(self.within_limits[i, k])}
+        if self.pose:
+            out["rotation_error_deg"] = float(np.degrees(self.rotation_errors[i, k]))
+        return out
 
     def distinct_solutions(self, i: int) -> list[dict[str, Any]]:
         """Target i's distinct candidates, heaviest first, as JSON-able dicts."""
@@ -81,7 +90,7 @@ class Solutions:
         first = parts[0]
         joined = {name: np.concatenate([getattr(p, name) for p in parts])
                   for name in first.arrays()}
-        return Solutions(**joined, refined=first.refined, reach_tol=first.reach_tol)
+        return Solutions(**joined, refined=first.refined, reach_tol=first.reach_tol, pose=first.pose)
 
 
 def merge_duplicates(joints: np.ndarray, weights: np.ndarray, tol: float = MERGE_TOL):
@@ -148,11 +157,12 @@ class IKSolver:
         weights = mixture.weights.astype(np.float64)
         sigmas = mixture.sigmas.astype(np.float64)
         if do_refine:
-            flat, positions, errors = refine(arm, flat, flat_targets, self.refine_settings)
+            flat, positions, _ = refine(arm, flat, flat_targets, self.refine_settings)
         else:
             flat = arm.wrap_joints(flat)
             positions = arm.fk(flat)
-            errors = arm.target_error(positions, flat_targets)
+        errors = arm.target_error(positions, flat_targets)
+        rotation_errors = arm.rotation_error(positions, flat_targets).reshape(n, k)
         joints = flat.reshape(n, k, arm.dof)
         positions = positions.reshape(n, k, arm.target_dim)
         errors = errors.reshape(n, k)
@@ -165,8 +175,10 @@ class IKSolver:
             pick = (order + k * np.arange(n)[:, None]).ravel()
             joints, positions, sigmas = (a.reshape(n * k, a.shape[-1])[pick].reshape(a.shape)
                                          for a in (joints, positions, sigmas))
-            errors, within, weights, distinct = (a.ravel()[pick].reshape(n, k)
-                                                 for a in (errors, within, weights, distinct))
-        solved = distinct & within & (errors <= self.reach_tol)
-        return Solutions(x, joints, weights, sigmas, positions, errors, within, distinct,
-                         solved.any(axis=1), do_refine, self.reach_tol)
+            errors, rotation_errors, within, weights, distinct = (
+                a.ravel()[pick].reshape(n, k)
+                for a in (errors, rotation_errors, within, weights, distinct))
+        solved = (distinct & within & (errors <= self.reach_tol)
+                  & (rotation_errors <= self.reach_tol))
+        return Solutions(x, joints, weights, sigmas, positions, errors, rotation_errors, within,
+                         distinct, solved.any(axis=1), do_refine, self.reach_tol, arm.pose_targets)

@@ -17,8 +17,8 @@ from ikmdn.cli import cli
 CONTRACT_TOP = {"model", "arm", "solutions"}
 CONTRACT_SOLUTION = {"target", "reachable", "candidates"}
 CONTRACT_CANDIDATE = {"joints", "weight", "sigma", "position", "error", "within_limits"}
-NPZ_ARRAYS = {"targets", "joints", "weights", "sigmas", "positions", "errors", "within_limits",
-              "distinct", "reachable"}
+NPZ_ARRAYS = {"targets", "joints", "weights", "sigmas", "positions", "errors", "rotation_errors",
+              "within_limits", "distinct", "reachable"}
 
 
 def invoke(*args):
@@ -195,7 +195,8 @@ def test_output_npz(model, tmp_path, bishop_targets):
     assert set(arrays) == NPZ_ARRAYS
     n, k, dof = 5, 3, 2
     expected = {"targets": (n, 2), "joints": (n, k, dof), "weights": (n, k), "sigmas": (n, k, dof),
-                "positions": (n, k, 2), "errors": (n, k), "within_limits": (n, k),
+                "positions": (n, k, 2), "errors": (n, k), "rotation_errors": (n, k),
+                "within_limits": (n, k),
                 "distinct": (n, k), "reachable": (n,)}
     assert {name: a.shape for name, a in arrays.items()} == expected
     np.testing.assert_array_equal(arrays["targets"], bishop_targets)

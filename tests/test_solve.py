@@ -44,7 +44,8 @@ def test_shapes(solved):
     assert sol.weights.shape == (n, k)
     assert sol.sigmas.shape == (n, k, dof)
     assert sol.positions.shape == (n, k, d)
-    assert sol.errors.shape == (n, k)
+    assert sol.errors.shape == sol.rotation_errors.shape == (n, k)
+    np.testing.assert_array_equal(sol.rotation_errors, 0.0)  # planar arms: no 3-D orientation
     assert sol.within_limits.shape == sol.distinct.shape == (n, k)
     assert sol.reachable.shape == (n,)
     assert sol.solved.shape == (n, k)
@@ -54,7 +55,7 @@ def test_shapes(solved):
         assert getattr(sol, name).dtype == bool, name
     assert sol.refined is True
     assert set(sol.arrays()) == {"targets", "joints", "weights", "sigmas", "positions", "errors",
-                                 "within_limits", "distinct", "reachable"}
+                                 "rotation_errors", "within_limits", "distinct", "reachable"}
     np.testing.assert_array_equal(sol.targets, x)
 
 

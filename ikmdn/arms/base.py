@@ -160,8 +160,18 @@ class Arm(abc.ABC):
         return diff
 
     def target_error(self, reached: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """Euclidean error ||reached - targets|| (...,), angles compared modulo 2 pi."""
+        """The "error" of DESIGN.md (...,): Euclidean distance ||reached - targets|| (angles
+        compared modulo 2 pi); for pose targets the hand position distance."""
         return np.linalg.norm(self.residual(reached, targets), axis=-1)
+
+    @property
+    def pose_targets(self) -> bool:
+        """True when targets carry a 3-D hand orientation (see rotation_error)."""
+        return False
+
+    def rotation_error(self, reached: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Angle (...,) in radians between reached and target hand orientations (0 without any)."""
+        return np.zeros(np.shape(reached)[:-1])
 
     # -- spec round trip -------------------------------------------------------------------
     @abc.abstractmethod

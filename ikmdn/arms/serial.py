@@ -278,19 +278,36 @@ class SerialArm(Arm):
         out = np.concatenate([r[:3] - x[:3], self.rotation_weight * log_map_t(rel)])
         return out if axis == 0 else np.moveaxis(out, 0, -1)
 
+    @property
+    def pose_targets(self) -> bool:
+        return self.target == "pose"
+
+    def target_error(self, reached: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Hand position distance (...,) in metres between reached and targets (..., target_dim)."""
+        diff = np.asarray(reached, dtype=np.float64)[..., :3] - np.asarray(targets)[..., :3]
+        return np.linalg.norm(diff, axis=-1)
+
+    def rotation_error(self, reached: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Angle (...,) in radians between reached and target orientations (pose targets; else 0)."""
+        if self.target != "pose":
+            return super().rotation_error(reached, targets)
+        r, x = np.broadcast_arrays(np.asarray(reached, dtype=np.float64), np.asarray(targets))
+        shape = r.shape[:-1]
+        angles = rotation_angle_deg(sixd_to_matrix(x.reshape(-1, 9)[:, 3:]),
+                                    sixd_to_matrix(r.reshape(-1, 9)[:, 3:]))
+        return np.radians(angles).reshape(shape)
+
     def position_error(self, reached, targets) -> np.ndarray:
         """Hand position errors (N,) in metres between reached and targets (N, target_dim)."""
-        r = as_batch(reached, self.target_dim, "reached")
-        x = as_batch(targets, self.target_dim, "targets")
-        return np.linalg.norm(r[:, :3] - x[:, :3], axis=1)
+        return self.target_error(as_batch(reached, self.target_dim, "reached"),
+                                 as_batch(targets, self.target_dim, "targets"))
 
     def rotation_error_deg(self, reached, targets) -> np.ndarray:
         """Hand orientation errors (N,) in degrees between reached and targets (N, 9) (pose arms only)."""
         if self.target != "pose":
             raise IKMDNError(f"arm {self.name!r} has position targets: no orientation to compare")
-        r = as_batch(reached, self.target_dim, "reached")
-        x = as_batch(targets, self.target_dim, "targets")
-        return rotation_angle_deg(sixd_to_matrix(x[:, 3:]), sixd_to_matrix(r[:, 3:]))
+        return np.degrees(self.rotation_error(as_batch(reached, 9, "reached"),
+                                              as_batch(targets, 9, "targets")))
 
     # -- spec round trip -----------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
