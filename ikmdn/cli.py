@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ikmdn import __version__
 from ikmdn.errors import IKMDNError
@@ -188,6 +190,9 @@ def info_command(model):
                            "train": m.train_config, "metrics": m.metrics}, indent=2))
 
 
+POSE_INPUT = ("x", "y", "z", "qw", "qx", "qy", "qz")
+
+
 def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
     numbers = []
     for v in values:
@@ -214,21 +219,26 @@ def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
               help="Write all result arrays to this .npz file instead of printing.")
 @click.option("--no-refine", is_flag=True, help="Raw mixture means, no numerical refinement.")
 @click.option("--best", is_flag=True, help="One answer per target.")
-@click.option("--tol", type=float, default=1e-9, show_default=True, callback=_positive,
-              help="Refinement tolerance in target units.")
-@click.option("--max-iter", type=int, default=30, show_default=True, callback=_positive,
-              help="Refinement iteration cap.")
+@click.option("--tol", type=float, callback=_positive,
+              help="Refinement tolerance in target units [default: 1e-9].")
+@click.option("--max-iter", type=int, callback=_positive,
+              help="Refinement iteration cap [default: 30 for planar arms, 100 for spatial ones].")
 @click.option("--threads", type=int, callback=_positive, help="ONNX Runtime threads.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
+@click.option("--pose", is_flag=True,
+              help="Pose arms: COORDINATES (and file rows) are x y z qw qx qy qz (m, unit quaternion).")
 def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine, best, tol,
-                  max_iter, threads, force):
+                  max_iter, threads, force, pose):
     """Every IK solution for one target (COORDINATES) or a file of targets (--targets).
 
     Each mixture mode is a candidate: checked by forward kinematics, refined, deduplicated.
+    Pose arms (ur5, panda) take a hand pose: position x y z in metres and a unit quaternion
+    qw qx qy qz, as 7 coordinates or 7 columns.
 
     Example: ikmdn solve 0.6 0.4 --format json
+
+    Example: ikmdn solve --model ur5.onnx --pose 0.3 0.2 0.4 0 1 0 0
     """
-    from ikmdn.refine import RefineSettings
     from ikmdn.solve import IKSolver
     from ikmdn.solve_output import write_csv, write_json, write_npz, write_table
     from ikmdn.targets_io import TargetsFile
@@ -237,18 +247,27 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
         raise click.UsageError("give either target COORDINATES or --targets FILE (one of them)")
     numbers = _parse_coordinates(coordinates)
     model_path = model_path or default_model()
-    solver = IKSolver.load(model_path, threads=threads,
-                           refine_settings=RefineSettings(tol=tol, max_iter=max_iter))
+    solver = IKSolver.load(model_path, threads=threads)
     arm = solver.arm
+    overrides = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
+    solver.refine_settings = replace(solver.refine_settings, **overrides)
+    if pose and not arm.pose_targets:
+        raise click.BadParameter(f"arm {arm.name} takes ({', '.join(arm.target_names)}), not a pose",
+                                 param_hint="--pose")
+    names = POSE_INPUT if arm.pose_targets else arm.target_names
     if targets_path:
-        source = TargetsFile(targets_path, arm.target_dim)
+        source = TargetsFile(targets_path, len(names))
         total, chunks = len(source), source.batches(solver.batch_size)
     else:
-        if len(numbers) != arm.target_dim:
+        if len(numbers) != len(names):
             raise click.BadParameter(
-                f"arm {arm.name} takes {arm.target_dim} coordinates "
-                f"({', '.join(arm.target_names)}), got {len(numbers)}", param_hint="COORDINATES")
-        total, chunks = 1, iter([[numbers]])
+                f"arm {arm.name} takes {len(names)} coordinates ({', '.join(names)}), "
+                f"got {len(numbers)}", param_hint="COORDINATES")
+        total, chunks = 1, iter([np.array([numbers])])
+    if arm.pose_targets:
+        from ikmdn.arms.serial import pose_targets
+
+        chunks = (pose_targets(c[:, :3], c[:, 3:]) for c in chunks)
     batches = (solver.solve(chunk, refine=not no_refine) for chunk in chunks)
     model_name = str(model_path)
     if output is not None:
@@ -262,6 +281,66 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
         header = (f"model {model_name} (arm {arm.name}, K={solver.model.components}, "
                   f"{'refined' if not no_refine else 'unrefined'})")
         write_table(sys.stdout, header, batches, best, arm.target_names)
+
+
+@cli.command("evaluate")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="An .onnx model, or a training checkpoint / run folder (needs torch).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for metrics.json, report.md and the figures.")
+@click.option("--samples", type=int, help="Number of fresh test targets [default: 5000].")
+@click.option("--seed", type=int,
+              help="Seed for the test targets and the sampled answers [default: 2024].")
+@click.option("--baseline", "baseline_path", type=click.Path(path_type=Path),
+              help="A least-squares model (`ikmdn train --baseline`) of the same arm to compare.")
+@click.option("--threads", type=int, callback=_positive, help="ONNX Runtime threads.")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out folder.")
+def evaluate_command(model_path, out_dir, samples, seed, baseline_path, threads, force):
+    """Measure a model on fresh targets: metrics.json, figures and report.md in --out.
+
+    RMS end-effector errors (best mode, min over modes, sampled, refined), coverage of the
+    closed-form solutions, throughput; with --baseline, Bishop's least-squares comparison.
+
+    Example: ikmdn evaluate --model bishop.onnx --baseline runs/bishop-ls --out eval/bishop
+    """
+    from ikmdn.report import EvaluationJob
+
+    given = {k: v for k, v in (("samples", samples), ("seed", seed)) if v is not None}
+    job = EvaluationJob(model_path, out_dir, baseline=baseline_path, force=force, threads=threads,
+                        **given)
+    with click.progressbar(length=len(job.steps), label="evaluating", file=sys.stderr,
+                           item_show_func=lambda s: s) as bar:
+        metrics = job.run(on_step=lambda label: bar.update(1, label))
+    errors = metrics["errors"]
+    click.echo(f"wrote {out_dir}/report.md: RMS error best mode {errors['best_mode']['rms']:.2e}, "
+               f"refined {errors['refined']['rms']:.2e} on {metrics['test_set']['targets']} targets")
+
+
+@cli.command("demo")
+@click.argument("name", type=click.Choice(["sinusoid"]))
+@click.option("--variant", type=click.Choice(["post", "bishop"]), default="post", show_default=True,
+              help="The blog post's sinusoid or Bishop's (1994).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the figures, metrics.json and report.md.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and training.")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out folder.")
+def demo_command(name, variant, out_dir, seed, force):
+    """Train a least-squares network and an MDN on an inverted 1-D toy problem (seconds).
+
+    Writes the post's figures: the data, the least-squares fit failing, the MDN's modes, samples,
+    mixing coefficients and conditional density. Needs the [train] extra (torch).
+
+    Example: ikmdn demo sinusoid --variant bishop --out demo/bishop
+    """
+    from ikmdn.demo import SinusoidDemo
+
+    demo = SinusoidDemo(variant, out_dir, seed=seed, force=force)
+    with click.progressbar(length=len(demo.steps), label=f"demo {name} ({variant})",
+                           file=sys.stderr, item_show_func=lambda s: s) as bar:
+        metrics = demo.run(on_step=lambda label: bar.update(1, label))
+    nll = metrics["test_nll"]
+    click.echo(f"wrote {out_dir}/report.md: test NLL least squares {nll['least_squares']:.3f}, "
+               f"MDN {nll['mdn']:.3f} nats/sample")
 
 
 def main() -> None:

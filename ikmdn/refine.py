@@ -130,3 +130,11 @@ def refine(arm: Arm, q0: np.ndarray, targets: np.ndarray,
             state[:, active[~keep]] = work[:, ~keep]
             active, work, jac = active[keep], work[:, keep], jac[:, :, keep]
     return q.T, reached.T, err[0]
+
+
+def default_settings(arm: Arm) -> RefineSettings:
+    """Refinement defaults for arm: planar arms stop early at local minima (throughput); spatial
+    chains get up to 100 iterations and patience (stall 1e-3) near singular configurations."""
+    if arm.kind == "planar":
+        return RefineSettings()
+    return RefineSettings(max_iter=100, stall=1e-3)

@@ -13,7 +13,7 @@ from ikmdn.arms import Arm, wrap_angle
 from ikmdn.arms.base import as_batch
 from ikmdn.errors import IKMDNError
 from ikmdn.mixture import Mixture
-from ikmdn.refine import RefineSettings, refine
+from ikmdn.refine import RefineSettings, default_settings, refine
 
 MERGE_TOL = 1e-6  # rad: candidates closer than this (modulo 2 pi) are one solution
 
@@ -119,7 +119,7 @@ class IKSolver:
                  reach_tol: float = 1e-6, batch_size: int = 16384):
         self.model = model
         self.arm: Arm = model.arm
-        self.refine_settings = refine_settings or RefineSettings()
+        self.refine_settings = refine_settings or default_settings(self.arm)
         self.reach_tol = reach_tol
         self.batch_size = batch_size
 

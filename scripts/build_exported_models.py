@@ -70,11 +70,12 @@ def write_readme() -> None:
     for path in sorted(MODELS.glob("*.onnx")):
         model = OnnxModel(path)
         m, c = model.metrics, model.train_config
+        refined, cov = m.get("refined_best_rms", float("nan")), m.get("coverage", float("nan"))
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         lines.append(
             f"| {model.arm.name} | {model.components} | {c['samples']:,} | {c['epochs']} "
-            f"| {m['val_nll']:.3f} | {m['best_mode_rms']:.2e} | {m.get('refined_best_rms', float('nan')):.1e} "
-            f"| {m.get('coverage', float('nan')):.2%} | {path.stat().st_size / 1024:.0f} KiB "
+            f"| {m['val_nll']:.3f} | {m['best_mode_rms']:.2e} | {refined:.1e} "
+            f"| {cov:.2%} | {path.stat().st_size / 1024:.0f} KiB "
             f"| `{digest[:16]}` |")
     (MODELS / "README.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {MODELS / 'README.md'}")
