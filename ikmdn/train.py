@@ -84,10 +84,16 @@ class TrainConfig:
 
 
 # Defaults chosen by scripts/bench_train.py on a 2-core CPU (see README, "Results").
+_SPATIAL = {"hidden": (256, 256, 256, 256), "components": 32, "samples": 1_500_000, "epochs": 12,
+            "batch_size": 1024, "lr": 1e-3, "resample": True}
 ARM_DEFAULTS: dict[str, dict[str, Any]] = {
     "bishop": {"components": 2},
     "planar2": {"components": 8},
     "planar3": {"components": 8},
+    "rrr3": {"hidden": (256, 256, 256), "components": 8, "samples": 500_000, "epochs": 16,
+             "batch_size": 1024, "resample": True},
+    "ur5": _SPATIAL,
+    "panda": _SPATIAL,
 }
 
 

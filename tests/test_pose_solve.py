@@ -1,0 +1,109 @@
+"""Solving pose targets (ur5, panda): pose-aware errors, refinement, the --pose CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ikmdn.arms import get_arm
+from ikmdn.arms.closed_form import closed_form_ik
+from ikmdn.arms.rotations import matrix_to_quat
+from ikmdn.arms.serial import targets_to_poses
+from ikmdn.cli import cli
+from ikmdn.export import export_onnx
+from ikmdn.mixture import Mixture
+from ikmdn.solve import IKSolver
+from ikmdn.train import TrainConfig, train_run
+
+
+class PerturbedOracle:
+    """A stand-in model whose modes are closed-form solutions plus noise (known good seeds)."""
+
+    def __init__(self, arm, noise: float, seed: int):
+        self.arm, self.noise, self.rng = arm, noise, np.random.default_rng(seed)
+        self.components = 8
+
+    def predict(self, targets) -> Mixture:
+        branches, valid = closed_form_ik(self.arm, targets)
+        means = np.where(valid[..., None], branches, 0.0)
+        means = means + self.noise * self.rng.standard_normal(means.shape)
+        weights = valid / valid.sum(axis=1, keepdims=True)
+        return Mixture(weights, means, np.full(means.shape, 0.1))
+
+
+def test_ur5_pose_refinement_reaches_every_branch():
+    arm = get_arm("ur5")
+    rng = np.random.default_rng(0)
+    q = arm.sample_joints(200, rng)
+    targets = arm.fk(q)
+    sol = IKSolver(PerturbedOracle(arm, 0.02, seed=1)).solve(targets)
+    assert sol.pose and sol.rotation_errors.shape == sol.errors.shape
+    assert np.mean(sol.reachable) >= 0.99
+    ok = sol.solved
+    assert np.all(sol.errors[ok] <= 1e-6) and np.all(sol.rotation_errors[ok] <= 1e-6)
+    # errors are hand position distances, rotation errors angles in radians
+    np.testing.assert_allclose(sol.errors, arm.target_error(sol.positions, targets[:, None]))
+    np.testing.assert_allclose(np.degrees(sol.rotation_errors[0]),
+                               arm.rotation_error_deg(sol.positions[0], np.repeat(targets[:1], 8, 0)),
+                               atol=1e-9)
+
+
+def test_pose_solution_json_has_rotation_error():
+    arm = get_arm("ur5")
+    targets = arm.fk(arm.sample_joints(3, np.random.default_rng(2)))
+    sol = IKSolver(PerturbedOracle(arm, 0.01, seed=3)).solve(targets)
+    candidate = sol.distinct_solutions(0)[0]
+    assert set(candidate) == {"joints", "weight", "sigma", "position", "error", "within_limits",
+                              "rotation_error_deg"}
+
+
+@pytest.fixture(scope="module")
+def tiny_ur5(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ur5")
+    config = TrainConfig(arm="ur5", samples=2000, epochs=1, hidden=(16, 16), components=4,
+                         batch_size=256)
+    checkpoint = train_run(config, folder / "run")
+    export_onnx(checkpoint, folder / "ur5.onnx")
+    return folder / "ur5.onnx"
+
+
+def test_cli_pose(tiny_ur5):
+    arm = get_arm("ur5")
+    target = arm.fk(arm.sample_joints(1, np.random.default_rng(4)))
+    pose = targets_to_poses(target)[0]
+    coords = [*pose[:3, 3], *matrix_to_quat(pose[None, :3, :3])[0]]
+    args = ["solve", "--model", str(tiny_ur5), "--pose", *map(str, coords), "--format", "json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["arm"] == "ur5" and len(out["solutions"]) == 1
+    first = out["solutions"][0]["candidates"][0]
+    assert "rotation_error_deg" in first and len(first["joints"]) == 6
+    np.testing.assert_allclose(out["solutions"][0]["target"], target[0], atol=1e-9)
+
+
+def test_cli_pose_errors(tiny_ur5, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["solve", "--model", str(tiny_ur5), "0.1", "0.2", "0.3"])
+    assert result.exit_code == 2
+    assert "takes 7 coordinates (x, y, z, qw, qx, qy, qz), got 3" in result.output
+    result = runner.invoke(cli, ["solve", "--model", str(tiny_ur5), "--pose", *["0"] * 7])
+    assert result.exit_code == 2 and "quaternion" in result.output.lower()
+    targets = tmp_path / "poses.csv"
+    targets.write_text("x,y,z,qw,qx,qy,qz\n0.3,0.2,0.4,0,1,0,0\n0.3,0.2,0.4,1,0,0,0\n")
+    result = runner.invoke(cli, ["solve", "--model", str(tiny_ur5), "--targets", str(targets),
+                                 "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert {line.split(",")[0] for line in result.output.splitlines()[1:]} == {"0", "1"}
+
+
+def test_cli_pose_flag_needs_pose_arm(tmp_path):
+    checkpoint = train_run(TrainConfig(samples=2000, epochs=1, hidden=(8,), components=2),
+                           tmp_path / "run")
+    export_onnx(checkpoint, tmp_path / "b.onnx")
+    result = CliRunner().invoke(cli, ["solve", "--model", str(tmp_path / "b.onnx"), "--pose",
+                                      "0.6", "0.4"])
+    assert result.exit_code == 2 and "not a pose" in result.output
