@@ -28,7 +28,9 @@ class Solutions:
     ||positions - targets|| (for pose targets the hand position distance); rotation_errors (N, K)
     rad between reached and target hand orientations (0 for position targets); within_limits
     (N, K); distinct (N, K) False for merged duplicates; reachable (N,) some distinct in-limit
-    candidate has error and rotation error <= reach_tol.
+    candidate has error and rotation error <= reach_tol; fallback (N,) True where no mixture mode
+    converged and the last candidate was replaced by the best of the solver's extra seeds (it then
+    has weight 0: the network gave it none).
     """
 
     targets: np.ndarray
@@ -41,9 +43,11 @@ class Solutions:
     within_limits: np.ndarray
     distinct: np.ndarray
     reachable: np.ndarray
+    fallback: np.ndarray
     refined: bool
     reach_tol: float
     pose: bool = False
+    fallback_seeds: int = 0
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -51,8 +55,8 @@ class Solutions:
     @property
     def solved(self) -> np.ndarray:
         """(N, K) distinct, in-limit candidates that reach their target within reach_tol."""
-        return (self.distinct & self.within_limits & (self.errors <= self.reach_tol)
-                & (self.rotation_errors <= self.reach_tol))
+        return solved_mask(self.distinct, self.within_limits, self.errors, self.rotation_errors,
+                           self.reach_tol)
 
     @cached_property
     def best_index(self) -> np.ndarray:
@@ -90,7 +94,13 @@ class Solutions:
         first = parts[0]
         joined = {name: np.concatenate([getattr(p, name) for p in parts])
                   for name in first.arrays()}
-        return Solutions(**joined, refined=first.refined, reach_tol=first.reach_tol, pose=first.pose)
+        return Solutions(**joined, refined=first.refined, reach_tol=first.reach_tol, pose=first.pose,
+                         fallback_seeds=first.fallback_seeds)
+
+
+def solved_mask(distinct, within_limits, errors, rotation_errors, tol: float) -> np.ndarray:
+    """Candidates that count as solutions: distinct, in limits, both errors <= tol."""
+    return distinct & within_limits & (errors <= tol) & (rotation_errors <= tol)
 
 
 def merge_duplicates(joints: np.ndarray, weights: np.ndarray, tol: float = MERGE_TOL):
@@ -116,12 +126,18 @@ class IKSolver:
     training checkpoint, which needs torch)."""
 
     def __init__(self, model, refine_settings: RefineSettings | None = None,
-                 reach_tol: float = 1e-6, batch_size: int = 16384):
+                 reach_tol: float = 1e-6, batch_size: int = 16384, fallback_seeds: int | None = None,
+                 seed: int = 0):
+        """fallback_seeds: extra seeds tried for targets no mode solves (None: 0 for planar arms,
+        64 for spatial chains), half drawn around the modes, half uniformly within the limits."""
         self.model = model
         self.arm: Arm = model.arm
         self.refine_settings = refine_settings or default_settings(self.arm)
         self.reach_tol = reach_tol
         self.batch_size = batch_size
+        self.fallback_seeds = (0 if self.arm.kind == "planar" else 64) if fallback_seeds is None \
+            else fallback_seeds
+        self.seed = seed
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None, **kwargs) -> IKSolver:
@@ -143,12 +159,28 @@ class IKSolver:
     def solve(self, targets, refine: bool = True) -> Solutions:
         """Solutions for targets (N, target_dim) or one target (target_dim,), in batches."""
         x = as_batch(targets, self.arm.target_dim, "targets")
+        rng = np.random.default_rng(self.seed)
         if len(x) <= self.batch_size:
-            return self._solve_batch(x, refine)
-        return Solutions.concatenate([self._solve_batch(x[s:s + self.batch_size], refine)
+            return self._solve_batch(x, refine, rng)
+        return Solutions.concatenate([self._solve_batch(x[s:s + self.batch_size], refine, rng)
                                       for s in range(0, len(x), self.batch_size)])
 
-    def _solve_batch(self, x: np.ndarray, do_refine: bool) -> Solutions:
+    def _extra_seeds(self, x: np.ndarray, mixture: Mixture, rng: np.random.Generator):
+        """Best refined extra seed per target x (M, target_dim): (joints (M, dof), solved (M,))."""
+        arm, m, s = self.arm, len(x), self.fallback_seeds
+        near = np.stack([mixture.sample(rng) for _ in range((s + 1) // 2)], axis=1)  # (M, s1, dof)
+        spread = near + mixture.sigmas.mean(axis=1, keepdims=True) * rng.standard_normal(near.shape)
+        uniform = arm.sample_joints(m * (s // 2), rng).reshape(m, s // 2, arm.dof)
+        seeds = np.concatenate([spread, uniform], axis=1)
+        q, reached, _ = refine(arm, seeds.reshape(-1, arm.dof), np.repeat(x, seeds.shape[1], axis=0),
+                               self.refine_settings)
+        xs = np.repeat(x, seeds.shape[1], axis=0)
+        ok = solved_mask(True, arm.within_limits(q), arm.target_error(reached, xs),
+                         arm.rotation_error(reached, xs), self.reach_tol).reshape(m, -1)
+        pick = np.argmax(ok, axis=1)
+        return q.reshape(m, -1, arm.dof)[np.arange(m), pick], ok.any(axis=1)
+
+    def _solve_batch(self, x: np.ndarray, do_refine: bool, rng: np.random.Generator) -> Solutions:
         arm = self.arm
         mixture: Mixture = self.model.predict(x).sorted_by_weight()
         n, k = mixture.weights.shape
@@ -168,8 +200,20 @@ class IKSolver:
         errors = errors.reshape(n, k)
         within = arm.within_limits(flat).reshape(n, k)
         distinct = np.ones((n, k), dtype=bool)
+        fallback = np.zeros(n, dtype=bool)
         if do_refine:
             weights, distinct = merge_duplicates(joints, weights)
+            solved = solved_mask(distinct, within, errors, rotation_errors, self.reach_tol)
+            rows = np.flatnonzero(~solved.any(axis=1))
+            if self.fallback_seeds and rows.size:
+                q, ok = self._extra_seeds(x[rows], Mixture(mixture.weights[rows], mixture.means[rows],
+                                                           mixture.sigmas[rows]), rng)
+                fix = rows[ok]
+                joints[fix, -1] = q[ok]
+                positions[fix, -1] = arm.fk(q[ok])
+                errors[fix, -1] = arm.target_error(positions[fix, -1], x[fix])
+                rotation_errors[fix, -1] = arm.rotation_error(positions[fix, -1], x[fix])
+                within[fix, -1], distinct[fix, -1], weights[fix, -1], fallback[fix] = True, True, 0, True
             # Heaviest first, merged duplicates last: one flat gather per array.
             order = np.argsort(np.where(distinct, -weights, 1.0), axis=1, kind="stable")
             pick = (order + k * np.arange(n)[:, None]).ravel()
@@ -178,7 +222,7 @@ class IKSolver:
             errors, rotation_errors, within, weights, distinct = (
                 a.ravel()[pick].reshape(n, k)
                 for a in (errors, rotation_errors, within, weights, distinct))
-        solved = (distinct & within & (errors <= self.reach_tol)
-                  & (rotation_errors <= self.reach_tol))
+        solved = solved_mask(distinct, within, errors, rotation_errors, self.reach_tol)
         return Solutions(x, joints, weights, sigmas, positions, errors, rotation_errors, within,
-                         distinct, solved.any(axis=1), do_refine, self.reach_tol, arm.pose_targets)
+                         distinct, solved.any(axis=1), fallback, do_refine, self.reach_tol,
+                         arm.pose_targets, self.fallback_seeds if do_refine else 0)

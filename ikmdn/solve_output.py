@@ -49,7 +49,9 @@ def write_table(out: TextIO, header: str, batches: Iterable[Solutions], best: bo
 
 
 def write_json(out: TextIO, model: str, arm: str, batches: Iterable[Solutions], best: bool) -> None:
-    """{"model", "arm", "solutions": [{"target", "reachable", "candidates": [...]}, ...]}."""
+    """{"model", "arm", "solutions": [{"target", "reachable", "candidates": [...]}, ...]}.
+
+    With fallback seeds enabled (spatial arms) each solution also says "fallback": bool."""
     out.write('{"model": ' + json.dumps(model) + ', "arm": ' + json.dumps(arm)
               + ', "solutions": [')
     first = True
@@ -57,6 +59,8 @@ def write_json(out: TextIO, model: str, arm: str, batches: Iterable[Solutions], 
         for i in range(len(sol)):
             entry = {"target": sol.targets[i].tolist(), "reachable": bool(sol.reachable[i]),
                      "candidates": [sol.candidate(i, k) for k in _candidate_indices(sol, i, best)]}
+            if sol.fallback_seeds:
+                entry["fallback"] = bool(sol.fallback[i])  # the answer came from extra seeds
             out.write(("" if first else ", ") + "\n  " + json.dumps(entry))
             first = False
     out.write("\n]}\n")

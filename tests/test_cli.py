@@ -18,7 +18,7 @@ CONTRACT_TOP = {"model", "arm", "solutions"}
 CONTRACT_SOLUTION = {"target", "reachable", "candidates"}
 CONTRACT_CANDIDATE = {"joints", "weight", "sigma", "position", "error", "within_limits"}
 NPZ_ARRAYS = {"targets", "joints", "weights", "sigmas", "positions", "errors", "rotation_errors",
-              "within_limits", "distinct", "reachable"}
+              "within_limits", "distinct", "reachable", "fallback"}
 
 
 def invoke(*args):
@@ -197,7 +197,7 @@ def test_output_npz(model, tmp_path, bishop_targets):
     expected = {"targets": (n, 2), "joints": (n, k, dof), "weights": (n, k), "sigmas": (n, k, dof),
                 "positions": (n, k, 2), "errors": (n, k), "rotation_errors": (n, k),
                 "within_limits": (n, k),
-                "distinct": (n, k), "reachable": (n,)}
+                "distinct": (n, k), "reachable": (n,), "fallback": (n,)}
     assert {name: a.shape for name, a in arrays.items()} == expected
     np.testing.assert_array_equal(arrays["targets"], bishop_targets)
     assert arrays["reachable"].dtype == bool

@@ -107,3 +107,39 @@ def test_cli_pose_flag_needs_pose_arm(tmp_path):
     result = CliRunner().invoke(cli, ["solve", "--model", str(tmp_path / "b.onnx"), "--pose",
                                       "0.6", "0.4"])
     assert result.exit_code == 2 and "not a pose" in result.output
+
+
+def test_fallback_seeds_rescue_targets_no_mode_solves(monkeypatch):
+    """When no refined mode solves a target, extra seeds are refined and the best replaces the
+    last candidate (weight 0, fallback flagged). The modes' refinement is made to fail here."""
+    import ikmdn.solve as solve_module
+
+    arm = get_arm("rrr3")
+    targets = arm.fk(arm.sample_joints(40, np.random.default_rng(6)))
+    real_refine, calls = solve_module.refine, []
+
+    def modes_fail(arm_, q0, x, settings):
+        calls.append(len(q0))
+        if len(calls) == 1:  # the modes: leave them where they are, 3 rad away
+            q = np.asarray(q0, dtype=np.float64)
+            return q, arm_.fk(q), arm_.target_error(arm_.fk(q), x)
+        return real_refine(arm_, q0, x, settings)
+
+    monkeypatch.setattr(solve_module, "refine", modes_fail)
+
+    class FarModes(PerturbedOracle):
+        def predict(self, x):
+            mix = super().predict(x)
+            return Mixture(mix.weights, mix.means + 3.0, mix.sigmas)
+
+    without = IKSolver(FarModes(arm, 0.0, 0), fallback_seeds=0).solve(targets)
+    assert not without.reachable.any() and not without.fallback.any()
+    calls.clear()
+    rescued = IKSolver(FarModes(arm, 0.0, 0), fallback_seeds=16).solve(targets)
+    assert calls == [40 * 4, 40 * 16]  # rrr3: 4 branches, so 4 modes
+    assert rescued.reachable.mean() >= 0.95
+    np.testing.assert_array_equal(rescued.fallback, rescued.reachable)
+    fixed = np.flatnonzero(rescued.fallback)
+    k = rescued.best_index[fixed]
+    assert np.all(rescued.weights[fixed, k] == 0)
+    assert np.all(rescued.errors[fixed, k] <= 1e-6)

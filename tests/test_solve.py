@@ -55,7 +55,7 @@ def test_shapes(solved):
         assert getattr(sol, name).dtype == bool, name
     assert sol.refined is True
     assert set(sol.arrays()) == {"targets", "joints", "weights", "sigmas", "positions", "errors",
-                                 "rotation_errors", "within_limits", "distinct", "reachable"}
+                                 "rotation_errors", "within_limits", "distinct", "reachable", "fallback"}
     np.testing.assert_array_equal(sol.targets, x)
 
 
