@@ -111,7 +111,8 @@ def train_command(arm_name, out_dir, samples, components, epochs, batch_size, lr
 
     Example: ikmdn train --arm bishop --out runs/bishop --export bishop.onnx
     """
-    from ikmdn.train import default_config, prepare_out_dir, resume_run, train_run
+    from ikmdn.outdir import prepare_out_dir
+    from ikmdn.train import default_config, resume_run, train_run
 
     if export_path is not None and export_path.exists() and not force:
         raise IKMDNError(f"{export_path} already exists; pass --force to overwrite it")

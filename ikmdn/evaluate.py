@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,25 +101,38 @@ class Answers:
         return cls(joints, reached, arm.target_error(reached, targets))
 
 
+def error_vector(arm: Arm, reached: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The vector (N, d) whose norm is the error of DESIGN.md: reached - targets (angles wrapped)
+    for plain targets, the hand position difference (N, 3) for pose targets."""
+    if arm.pose_targets:
+        return np.asarray(reached, dtype=np.float64)[:, :3] - np.asarray(targets)[:, :3]
+    return arm.residual(reached, targets)
+
+
 def post_mse(arm: Arm, reached: np.ndarray, targets: np.ndarray) -> float:
     """The blog post's "RMSE": a mean squared error over coordinates, mean((fk(q) - x)^2).
 
-    reached, targets (N, target_dim). It equals rms(errors)^2 / target_dim, not an RMS distance;
-    report it only under its own name.
+    reached, targets (N, target_dim); the coordinates are those of error_vector. It equals
+    rms(errors)^2 / d (d = 2 on a planar position arm), not an RMS distance: report it only under
+    its own name.
     """
-    return float(np.mean(np.square(arm.residual(reached, targets))))
+    return float(np.mean(np.square(error_vector(arm, reached, targets))))
 
 
 def error_stats(arm: Arm, answers: Answers, targets: np.ndarray) -> dict[str, float]:
     """RMS error, percentiles (p50, p90, p99, max) and the post's MSE of one method's answers.
 
-    For arms with angular target coordinates (poses) also the position RMS (length units) and the
-    orientation RMS (degrees), each over its own coordinates.
+    Where targets carry an orientation (a hand angle, or a 3-D pose) also the position RMS
+    (length units) and the orientation RMS (degrees), each on its own.
     """
     e = answers.errors
     stats = {"rms": rms(e), **{f"p{p}": float(np.percentile(e, p)) for p in PERCENTILES},
              "max": float(e.max()), "post_mse": post_mse(arm, answers.reached, targets)}
-    if arm.angular_targets.any():
+    if arm.pose_targets:
+        stats["position_rms"] = stats["rms"]  # for poses the error is the position distance
+        stats["orientation_rms_deg"] = float(np.degrees(rms(arm.rotation_error(answers.reached,
+                                                                                targets))))
+    elif arm.angular_targets.any():
         r = arm.residual(answers.reached, targets)
         stats["position_rms"] = rms(np.linalg.norm(r[:, ~arm.angular_targets], axis=1))
         stats["orientation_rms_deg"] = float(np.degrees(
@@ -142,8 +156,9 @@ def method_answers(arm: Arm, mixture: Mixture, solutions, targets: np.ndarray,
 
 
 def position_coordinates(arm: Arm, points: np.ndarray) -> np.ndarray:
-    """The length-valued coordinates (N, p) of targets or reached points (N, target_dim)."""
-    return np.asarray(points)[:, ~arm.angular_targets]
+    """The hand position (N, p) of targets or reached points (N, target_dim): x, y(, z)."""
+    points = np.asarray(points)
+    return points[:, :3] if arm.pose_targets else points[:, ~arm.angular_targets]
 
 
 def outer_reach(arm: Arm, n: int = 200_000, seed: int = 0) -> float:
@@ -157,30 +172,103 @@ def outer_reach(arm: Arm, n: int = 200_000, seed: int = 0) -> float:
 
 
 def averaging_stats(arm: Arm, targets: np.ndarray, answers: Answers, reach: float) -> dict:
-    """How far one set of answers sits from the solution branches (Bishop's averaging effect).
+    """How far one set of answers (N targets) sits from the solution branches: Bishop's
+    averaging effect.
 
-    joint_mean and joint_std (dof,) rad; radial_margin: mean of reach - ||hand|| (how far inside
-    the outer workspace boundary the hands are; a least-squares network that averages the elbow
-    branches straightens the arm and pushes the hand out towards the boundary); where the arm has
-    a closed form, over targets with two valid branches: to_nearest_branch, the mean joint-space
-    distance (rad, Euclidean over joints, angles modulo 2 pi) to the closer branch, and
-    to_branch_midpoint, to the midpoint of the two branches (the least-squares answer).
+    joint_mean, joint_std (dof,) rad; radial_margin: mean of reach - ||hand|| (how far inside the
+    outer workspace boundary the hands lie: a least-squares network that averages the elbow
+    branches straightens the arm and pushes the hand out). Where the arm has a closed form:
+    to_nearest_branch, the mean joint-space distance (rad, Euclidean over joints, angles modulo
+    2 pi) to the nearest valid branch; over the targets with exactly two valid branches
+    (two_branch_targets of them), midpoint_gap (dof,), the mean |q_j - midpoint_j| per joint, and
+    to_branch_midpoint, the mean joint-space distance to the midpoint of the two (where a
+    least-squares answer lands; on Bishop's arm the midpoint has theta2 = pi, the straight arm),
+    and radial_margin_two_branch, the radial margin over those targets.
     """
     radius = np.linalg.norm(position_coordinates(arm, answers.reached), axis=1)
     stats: dict = {"joint_mean": answers.joints.mean(axis=0).tolist(),
                    "joint_std": answers.joints.std(axis=0).tolist(),
                    "radial_margin": float(np.mean(reach - radius)),
-                   "to_nearest_branch": None, "to_branch_midpoint": None, "two_branch_targets": 0}
+                   "to_nearest_branch": None, "to_branch_midpoint": None, "midpoint_gap": None,
+                   "two_branch_targets": 0, "radial_margin_two_branch": None}
     if not has_closed_form(arm):
         return stats
     branches, valid = closed_form_ik(arm, targets)
-    both = valid.all(axis=1)
-    if not both.any():
-        return stats
-    b, q = branches[both], answers.joints[both]
-    midpoint = b[:, 0] + 0.5 * wrap_angle(b[:, 1] - b[:, 0])
-    to_branch = np.linalg.norm(wrap_angle(q[:, None, :] - b), axis=-1).min(axis=1)
-    stats.update(to_nearest_branch=float(to_branch.mean()),
-                 to_branch_midpoint=float(np.linalg.norm(wrap_angle(q - midpoint), axis=-1).mean()),
-                 two_branch_targets=int(both.sum()))
+    q = answers.joints
+    distance = np.linalg.norm(wrap_angle(q[:, None, :] - np.nan_to_num(branches)), axis=-1)
+    some = valid.any(axis=1)
+    if some.any():
+        stats["to_nearest_branch"] = float(np.where(valid, distance, np.inf)[some].min(axis=1).mean())
+    two = valid.sum(axis=1) == 2
+    if two.any():
+        pair = branches[two][valid[two]].reshape(-1, 2, arm.dof)
+        midpoint = pair[:, 0] + 0.5 * wrap_angle(pair[:, 1] - pair[:, 0])
+        gap = np.abs(wrap_angle(q[two] - midpoint))
+        stats.update(to_branch_midpoint=float(np.linalg.norm(gap, axis=1).mean()),
+                     midpoint_gap=gap.mean(axis=0).tolist(), two_branch_targets=int(two.sum()),
+                     radial_margin_two_branch=float(np.mean(reach - radius[two])))
     return stats
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model evaluated on one test set.
+
+    targets (N, target_dim); mixture: the model's prediction for the targets (float32, sorted
+    heaviest first); solutions: the refined Solutions (N, K); answers: one Answers per METHODS;
+    metrics: the JSON-able summary (see evaluate_solver).
+    """
+
+    targets: np.ndarray
+    mixture: Mixture
+    solutions: object
+    answers: dict[str, Answers]
+    metrics: dict
+
+
+def _timed(fn) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def evaluate_solver(solver, targets: np.ndarray, seed: int) -> Evaluation:
+    """Evaluate an IKSolver on targets (N, target_dim); seed drives the sampled method.
+
+    metrics: "model" (source, arm, kind, components, refine_tol, reach_tol), "errors" (per
+    METHODS: rms, p50, p90, p99, max, post_mse), "coverage" (against the closed form; None
+    without one),
+    "solutions_per_target" (mean count of distinct in-limit refined candidates within
+    reach_tol), "reachable" (share of targets with one), "within_limits" (share of the K raw
+    means, and of the distinct refined candidates), "throughput" (targets per second: refined and
+    unrefined solve, and the closed form where it exists, each timed once after a warm-up).
+    """
+    arm = solver.arm
+    n = len(targets)
+    solver.solve(targets[:64])  # warm-up: sessions, caches
+    mixture = solver.model.predict(targets).sorted_by_weight()
+    _, unrefined_s = _timed(lambda: solver.solve(targets, refine=False))
+    solutions, refined_s = _timed(lambda: solver.solve(targets))
+    answers = method_answers(arm, mixture, solutions, targets, np.random.default_rng(seed))
+    throughput = {"refined_targets_per_s": n / refined_s, "unrefined_targets_per_s": n / unrefined_s}
+    cover = None
+    if has_closed_form(arm):
+        _, closed_s = _timed(lambda: closed_form_ik(arm, targets))
+        throughput.update(closed_form_targets_per_s=n / closed_s,
+                          refined_over_closed_form=closed_s / refined_s)
+        cover = coverage(arm, targets, solutions.joints)
+    k = mixture.weights.shape[1]
+    raw_within = arm.within_limits(mixture.means.reshape(n * k, arm.dof)).mean()
+    metrics = {
+        "model": {"source": str(getattr(solver.model, "source", "")), "arm": arm.name,
+                  "kind": solver.model.train_config.get("kind", "mdn"), "components": k,
+                  "refine_tol": solver.refine_settings.tol, "reach_tol": solver.reach_tol},
+        "errors": {m: error_stats(arm, answers[m], targets) for m in METHODS},
+        "coverage": cover,
+        "solutions_per_target": float(solutions.solved.sum(axis=1).mean()),
+        "reachable": float(solutions.reachable.mean()),
+        "within_limits": {"unrefined_modes": float(raw_within),
+                          "refined_candidates": float(solutions.within_limits[solutions.distinct].mean())},
+        "throughput": throughput,
+    }
+    return Evaluation(targets, mixture, solutions, answers, metrics)

@@ -89,7 +89,10 @@ class OnnxModel:
         self.train_config: dict[str, Any] = _json_field(meta, "ikmdn.train", self.source)
         self.metrics: dict[str, Any] = _json_field(meta, "ikmdn.metrics", self.source)
         self.version = meta["ikmdn.version"]
-        self.components = int(self.session.get_outputs()[0].shape[1])
+        k = self.session.get_outputs()[0].shape[1]
+        # A symbolic K (e.g. the least-squares graph's) is read off one probe call.
+        self.components = k if isinstance(k, int) else self.session.run(
+            ["weights"], {INPUT_NAME: np.zeros((1, self.arm.target_dim), np.float32)})[0].shape[1]
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None) -> OnnxModel:

@@ -21,6 +21,7 @@ from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError, JobFailedError
 from ikmdn.mdn import MDN, MDNConfig
 from ikmdn.mixture import Mixture
+from ikmdn.outdir import prepare_out_dir
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "model.pt"
@@ -60,6 +61,8 @@ class TrainConfig:
             raise IKMDNError(f"lr must be positive, got {self.lr}")
         if not 0 < self.val_fraction < 1:
             raise IKMDNError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.kind == "least_squares":
+            self.components = 1  # the conditional mean: one output per joint
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -328,17 +331,6 @@ def write_history(path: Path, history: list[EpochRecord]) -> None:
         writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(EpochRecord)])
         writer.writeheader()
         writer.writerows(asdict(r) for r in history)
-
-
-def prepare_out_dir(out_dir: str | Path, force: bool) -> Path:
-    """Create out_dir; refuse (unless force) when it already holds files."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise IKMDNError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise IKMDNError(f"--out {out} already holds files; choose another folder or pass --force")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def _trainer_for(config: TrainConfig) -> tuple[Arm, Trainer]:

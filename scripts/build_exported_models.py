@@ -17,6 +17,7 @@ import json
 import numpy as np
 from _common import MODELS, ROOT
 
+from ikmdn.arms.closed_form import has_closed_form
 from ikmdn.data import make_ik_dataset
 from ikmdn.evaluate import coverage, rms
 from ikmdn.export import export_onnx
@@ -34,9 +35,11 @@ def evaluate_checkpoint(checkpoint: Checkpoint) -> dict:
     targets = make_ik_dataset(checkpoint.arm, EVAL_TARGETS, EVAL_SEED).inputs
     sol = solver.solve(targets)
     best = sol.errors[np.arange(len(sol)), sol.best_index]
-    cov = coverage(checkpoint.arm, targets, sol.joints)
-    return {"refined_best_rms": rms(best), "coverage": cov["coverage"],
-            "coverage_targets": EVAL_TARGETS}
+    out = {"refined_best_rms": rms(best), "solved": float(np.mean(sol.reachable)),
+           "coverage_targets": EVAL_TARGETS}
+    if has_closed_form(checkpoint.arm):
+        out["coverage"] = coverage(checkpoint.arm, targets, sol.joints)["coverage"]
+    return out
 
 
 def main() -> None:

@@ -190,3 +190,20 @@ def test_export_is_deterministic(bishop, tmp_path):
     export_onnx(bishop.checkpoint, a)
     export_onnx(bishop.checkpoint, b)
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_least_squares_baseline_exports(tmp_path):
+    """Bishop's least-squares network (one component) goes through the same ONNX contract."""
+    from ikmdn.export import export_onnx
+    from ikmdn.runtime import OnnxModel
+    from ikmdn.train import TrainConfig, train_run
+
+    checkpoint = train_run(TrainConfig(samples=2000, epochs=1, hidden=(8,), kind="least_squares"),
+                           tmp_path / "run")
+    assert checkpoint.config.components == 1
+    assert export_onnx(checkpoint, tmp_path / "ls.onnx").ok
+    model = OnnxModel(tmp_path / "ls.onnx")
+    assert model.components == 1
+    mix = model.predict(np.array([[0.6, 0.4], [0.5, 0.5]]))
+    assert mix.weights.shape == (2, 1) and np.all(mix.weights == 1)
+    assert np.all(mix.sigmas > 0)
