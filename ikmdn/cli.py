@@ -19,10 +19,17 @@ from ikmdn.errors import IKMDNError
 
 
 def default_model() -> Path:
-    """The shipped bishop model (exported_models/bishop.onnx, installed as package data)."""
+    """The shipped bishop model: exported_models/bishop.onnx of the source tree (editable
+    installs) or the copy installed as package data (ikmdn.exported_models)."""
+    in_tree = Path(__file__).resolve().parent.parent / "exported_models" / "bishop.onnx"
+    if in_tree.is_file():
+        return in_tree
     from importlib.resources import files
 
-    return Path(str(files("ikmdn.exported_models") / "bishop.onnx"))
+    try:
+        return Path(str(files("ikmdn.exported_models") / "bishop.onnx"))
+    except ModuleNotFoundError:
+        raise IKMDNError("the shipped model bishop.onnx is not installed; pass --model") from None
 
 
 class _Group(click.Group):
@@ -61,7 +68,7 @@ def _hidden(ctx, param, value):
 def cli():
     """ikmdn: every inverse-kinematics solution of a robot arm, from a mixture density network.
 
-    Example: ikmdn solve 0.6 0.4
+    Example: ikmdn solve 0.6 0.7
     """
 
 
@@ -236,7 +243,7 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
     Pose arms (ur5, panda) take a hand pose: position x y z in metres and a unit quaternion
     qw qx qy qz, as 7 coordinates or 7 columns.
 
-    Example: ikmdn solve 0.6 0.4 --format json
+    Example: ikmdn solve 0.6 0.7 --format json
 
     Example: ikmdn solve --model ur5.onnx --pose 0.3 0.2 0.4 0 1 0 0
     """
