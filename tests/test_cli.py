@@ -513,3 +513,14 @@ def test_info(trained_models):
     assert set(info) == {"model", "arm", "components", "train", "metrics"}
     assert info["arm"]["name"] == "planar3" and info["arm"]["target_dim"] == 3
     assert "best_mode_rms" in info["metrics"]
+
+
+def test_default_model_is_the_shipped_bishop():
+    """`ikmdn solve X Y` with no --model uses exported_models/bishop.onnx (no training)."""
+    result = CliRunner().invoke(cli, ["solve", "0.6", "0.7", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["arm"] == "bishop" and out["model"].endswith("bishop.onnx")
+    solution = out["solutions"][0]
+    assert solution["reachable"] and len(solution["candidates"]) == 2  # elbow both ways
+    assert all(c["error"] <= 1e-9 for c in solution["candidates"])
