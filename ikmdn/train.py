@@ -33,7 +33,8 @@ class TrainConfig:
 
     samples: training pairs per epoch, made by forward kinematics in chunks (resample=True draws
     fresh ones every epoch); the validation set (val_fraction x samples, at most 50,000) is drawn
-    on top from its own stream.
+    on top from its own stream. wrap_joints: joints that turn a full circle get a wrapped Gaussian
+    (False: a plain Gaussian, for comparison in scripts/bench_wrapping.py).
     """
 
     arm: str = "bishop"
@@ -50,6 +51,7 @@ class TrainConfig:
     sigma_floor: float = 1e-4
     kind: str = "mdn"
     resample: bool = False
+    wrap_joints: bool = True
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -83,7 +85,7 @@ class TrainConfig:
                          components=self.components, hidden=self.hidden,
                          activation=self.activation, sigma_floor=self.sigma_floor, kind=self.kind,
                          angular_inputs=tuple(arm.angular_targets),
-                         periodic_outputs=tuple(arm.continuous_joints))
+                         periodic_outputs=tuple(arm.continuous_joints & self.wrap_joints))
 
 
 # Defaults chosen by scripts/bench_train.py on a 2-core CPU (see README, "Results").
