@@ -73,6 +73,31 @@ def _xy_axes(ax, axis_names: tuple[str, str], unit: str) -> None:
     ax.grid(alpha=0.25)
 
 
+def _arrow_scale(arrows: list[np.ndarray], points: np.ndarray) -> tuple[float, float]:
+    """(magnification, key length) shared by quiver panels: arrows [(M, d)], points (P, d).
+
+    The panel with the largest errors sets the scale: its 90th-percentile arrow is drawn at about
+    4% of the plot's width, magnified by a 1-2-5 factor when the errors would be too small to see;
+    the key is a 1-2-5 length near the typical arrow.
+    """
+    lengths = [np.linalg.norm(a, axis=1) for a in arrows]
+    span = float(np.ptp(points, axis=0).max()) or 1.0
+    typical = max(max(float(np.percentile(e, 90)) for e in lengths), 1e-12 * span)
+    magnification = max(1.0, nice_below(0.04 * span / typical))
+    key = nice_below(min(max(typical, max(float(e.max()) for e in lengths) / 3),
+                         0.15 * span / magnification))
+    return magnification, key
+
+
+def _format_metres(value: float) -> str:
+    """A length in metres as a short label in mm (or um below 0.1 mm, or m from 1 m)."""
+    if value >= 1.0:
+        return f"{value:g} m"
+    if value >= 1e-4:
+        return f"{value * 1e3:g} mm"
+    return f"{value * 1e6:.3g} um"
+
+
 # -- evaluation figures ------------------------------------------------------------------------
 
 def plot_quiver(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str,
@@ -85,15 +110,8 @@ def plot_quiver(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, ti
     workspace (W, 2): optional background points. Returns the magnification.
     """
     plt = _pyplot()
-    lengths = [np.linalg.norm(r - t, axis=1) for _, t, r in panels]
-    points = np.concatenate([t for _, t, _ in panels])
-    span = float(np.ptp(points, axis=0).max()) or 1.0
-    # The panel with the largest errors sets the scale: its 90th-percentile arrow is drawn at
-    # about 4% of the plot's width.
-    typical = max(max(float(np.percentile(e, 90)) for e in lengths), 1e-12 * span)
-    magnification = max(1.0, nice_below(0.04 * span / typical))
-    key = nice_below(min(max(typical, max(float(e.max()) for e in lengths) / 3),
-                         0.15 * span / magnification))
+    magnification, key = _arrow_scale([r - t for _, t, r in panels],
+                                      np.concatenate([t for _, t, _ in panels]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 5.4), squeeze=False,
                              sharex=True, sharey=True, constrained_layout=True)
     for ax, (panel_title, targets, reached) in zip(axes[0], panels, strict=True):
@@ -115,8 +133,14 @@ def plot_quiver(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, ti
 
 
 def plot_error_histogram(errors: dict[str, np.ndarray], path: Path, title: str,
-                         unit: str = "length units") -> None:
-    """Histogram of per-target errors (label -> (N,)) on log-spaced bins."""
+                         unit: str = "length units", xlabel: str | None = None,
+                         value_unit: str = "") -> None:
+    """Histogram of per-target errors (label -> (N,)) on log-spaced bins.
+
+    xlabel: the quantity and unit (default: the end-effector error in `unit`); ", log scale" is
+    appended. Errors below LOG_FLOOR (exact hits) are drawn at it, and the legend counts them.
+    value_unit: written after the RMS in the legend (e.g. "mm").
+    """
     plt = _pyplot()
     clipped = {k: np.maximum(v, LOG_FLOOR) for k, v in errors.items()}
     everything = np.concatenate(list(clipped.values()))
@@ -126,10 +150,12 @@ def plot_error_histogram(errors: dict[str, np.ndarray], path: Path, title: str,
     fig, ax = plt.subplots(figsize=(7.0, 4.2), constrained_layout=True)
     for i, (label, e) in enumerate(clipped.items()):
         rms = float(np.sqrt(np.mean(np.square(errors[label]))))
+        exact = int(np.sum(np.asarray(errors[label]) < LOG_FLOOR))
+        note = f", {exact} below {LOG_FLOOR:.0e} drawn at it" if exact else ""
         ax.hist(e, bins=bins, histtype="step", lw=1.6, color=f"C{i}",
-                label=f"{label}: RMS {rms:.2e}")
+                label=f"{label}: RMS {rms:.2e}{' ' + value_unit if value_unit else ''}{note}")
     ax.set_xscale("log")
-    ax.set_xlabel(f"end-effector error ||fk(q) - x|| ({unit}, log scale)")
+    ax.set_xlabel(f"{xlabel or f'end-effector error ||fk(q) - x|| ({unit})'}, log scale")
     ax.set_ylabel("number of targets")
     ax.set_title(title)
     ax.grid(alpha=0.25)
@@ -193,6 +219,78 @@ def plot_error_map(targets: np.ndarray, panels: list[tuple[str, np.ndarray]], pa
     _save(fig, path)
 
 
+def plot_quiver_views(rows: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str,
+                      views: tuple[tuple[str, int, int], ...] = (("top view", 0, 1),
+                                                                 ("side view", 0, 2)),
+                      axis_names: tuple[str, ...] = ("x", "y", "z"),
+                      workspace: np.ndarray | None = None) -> float:
+    """Position errors of a spatial arm as arrows from each target to the reached hand position,
+    projected on two planes: one row per answer, one column per view.
+
+    rows: (row title, targets (M, 3) m, reached (M, 3) m); views: (name, horizontal axis,
+    vertical axis) coordinate indices; workspace (W, 3) m: optional background points. All
+    panels share one arrow scale (see _arrow_scale). Returns the magnification.
+    """
+    plt = _pyplot()
+    magnification, key = _arrow_scale([r - t for _, t, r in rows],
+                                      np.concatenate([t for _, t, _ in rows]))
+    fig, axes = plt.subplots(len(rows), len(views), figsize=(5.4 * len(views), 5.0 * len(rows)),
+                             squeeze=False, sharex="col", sharey="col", constrained_layout=True)
+    for r, (row_title, targets, reached) in enumerate(rows):
+        d = reached - targets
+        for c, (view, i, j) in enumerate(views):
+            ax = axes[r, c]
+            _background(ax, None if workspace is None else workspace[:, [i, j]])
+            ax.plot(targets[:, i], targets[:, j], ".", ms=2.5, color="C0", label="target",
+                    zorder=2)
+            arrows = ax.quiver(targets[:, i], targets[:, j], d[:, i], d[:, j], angles="xy",
+                               scale_units="xy", scale=1.0 / magnification, width=0.0035,
+                               color="C3", zorder=3, label="target -> reached hand position")
+            drawn = f", drawn x{magnification:g}" if magnification != 1 else " (true scale)"
+            ax.quiverkey(arrows, X=0.05, Y=0.04, U=key, coordinates="axes", labelpos="E",
+                         label=f"error {_format_metres(key)}{drawn}")
+            ax.set_title(f"{row_title}\n{view} ({axis_names[i]}, {axis_names[j]})", fontsize=10)
+            _xy_axes(ax, (axis_names[i], axis_names[j]), "m")
+    # One legend for all panels, below them, so no panel loses data under it.
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=3,
+               fontsize=9, markerscale=3)
+    fig.suptitle(title)
+    _save(fig, path)
+    return magnification
+
+
+def plot_branch_coverage(labels: list[str], valid: list[int], matched: list[int], overall: float,
+                         path: Path, title: str) -> None:
+    """Per-branch coverage bars: for each closed-form branch b, matched[b] / valid[b] (the share of
+    the targets where branch b exists that a refined candidate reaches), with the overall
+    coverage (share of all valid branch solutions) as a line; counts written on the bars.
+    labels: one per branch, parts separated by ", " (drawn one per line under the bar)."""
+    plt = _pyplot()
+    b = len(labels)
+    share = np.array([m / v if v else 0.0 for m, v in zip(matched, valid, strict=True)])
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.4 * b + 1.5), 5.2), constrained_layout=True)
+    x = np.arange(b)
+    bars = ax.bar(x, 100 * share, color="C0", width=0.65,
+                  label="branch found by a refined candidate (within 1e-6 rad)")
+    for rect, m, v in zip(bars, matched, valid, strict=True):
+        text = f"{m}/{v}" if v else "never\nexists"
+        ax.annotate(text, (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=8)
+    ax.axhline(100 * overall, color="C3", ls="--", lw=1.2,
+               label=f"overall coverage {overall:.1%} (all branch solutions)")
+    ax.set_xticks(x, [f"b{i}\n" + label.replace(", ", "\n") for i, label in enumerate(labels)],
+                  fontsize=8)
+    ax.set_xlabel("closed-form branch (the oracle's order)")
+    ax.set_ylabel("targets with the branch found (%)")
+    ax.set_ylim(0, 135)
+    ax.set_yticks(np.arange(0, 101, 20))
+    ax.set_title(title)
+    ax.grid(alpha=0.25, axis="y")
+    ax.legend(fontsize=8, loc="upper left", ncol=2 if b > 5 else 1)
+    _save(fig, path)
+
+
 def _log_if_spiky(ax, counts: list[np.ndarray]) -> None:
     """Histogram y axis: log scale when the tallest bin dwarfs the typical one (a spike that
     would flatten everything else), linear otherwise; labelled either way."""
@@ -210,7 +308,13 @@ def plot_averaging(joints: dict[str, np.ndarray], radii: dict[str, np.ndarray], 
     hand's distance from the base (label -> (N,)), with the outer workspace boundary (reach)."""
     plt = _pyplot()
     dof = next(iter(joints.values())).shape[1]
-    fig, axes = plt.subplots(1, dof + 1, figsize=(4.6 * (dof + 1), 4.0), constrained_layout=True)
+    cols = min(dof + 1, 4)
+    rows = -(-(dof + 1) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows), squeeze=False,
+                             constrained_layout=True)
+    axes = grid.ravel()
+    for ax in axes[dof + 1:]:
+        ax.set_visible(False)
     for j in range(dof):
         ax = axes[j]
         values = np.concatenate([q[:, j] for q in joints.values()])

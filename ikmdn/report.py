@@ -1,6 +1,10 @@
 """`ikmdn evaluate`: measure a model (and optionally a least-squares baseline) on fresh targets and
 write metrics.json, the figures and report.md into one folder.
 
+Planar arms get Bishop-style figures (quiver, error map, joint-space candidates); spatial arms
+(lengths in metres) get position (mm) and rotation (degree) error histograms, a per-branch coverage
+chart where a closed form exists and top and side views of the position errors.
+
 numpy and onnxruntime only: torch is imported only when a model is a training checkpoint.
 """
 
@@ -22,10 +26,12 @@ from ikmdn.errors import IKMDNError
 from ikmdn.evaluate import (
     METHOD_LABELS,
     METHODS,
+    POSE_METHODS,
     Answers,
     Evaluation,
     averaging_stats,
     evaluate_solver,
+    in_metres,
     outer_reach,
     position_coordinates,
 )
@@ -39,12 +45,17 @@ JOINT_PLOT_TARGETS = 1000  # targets whose K candidates are drawn in joint space
 WORKSPACE_POINTS = 6_000  # background points showing the workspace
 UNIT = "arm length units"
 
+# Planar arms (Bishop's figures) ...
 FIGURES = {"quiver": "quiver.png", "error_histogram": "error_histogram.png",
            "joint_candidates": "joint_candidates.png", "error_map": "error_map.png"}
+# ... and spatial arms: rotation errors for pose targets only, branch coverage where a closed
+# form exists (see figures_for).
+SPATIAL_FIGURES = {"position_errors": "position_errors.png", "rotation_errors": "rotation_errors.png",
+                   "branch_coverage": "branch_coverage.png", "position_quiver": "position_quiver.png"}
 BASELINE_FIGURES = {"baseline_quiver": "baseline_quiver.png", "averaging": "averaging.png"}
 METRIC_KEYS = ("format", "ikmdn_version", "definitions", "test_set", "model", "errors", "coverage",
-               "solutions_per_target", "reachable", "within_limits", "throughput", "averaging",
-               "baseline", "figures")
+               "solutions_per_target", "solutions_per_target_counts", "reachable", "fallback",
+               "within_limits", "throughput", "averaging", "baseline", "figures")
 
 DEFINITIONS = {
     "error": "Euclidean end-effector error ||fk(q) - x|| in the arm's length unit (angles "
@@ -61,9 +72,34 @@ DEFINITIONS = {
                "its target, else the closest",
     "coverage": "share of the closed-form in-limit solutions matched by a refined candidate "
                 "within 1e-6 rad",
+    "per_branch": "coverage of branch b of the closed form: the share of the targets where "
+                  "branch b exists (reachable, in limits, not a duplicate of an earlier branch) "
+                  "whose branch-b solution a refined candidate matches within 1e-6 rad (angles "
+                  "modulo 2 pi)",
+    "position_mm": "spatial arms: hand position distance ||p(q) - p_target|| in mm (spread: RMS, "
+                   "percentiles, max)",
+    "rotation_deg": "pose targets: the angle of the rotation between the reached and the target "
+                    "hand orientation, in degrees; for min_over_modes the minimum over the modes "
+                    "taken on its own (it may come from another mode than the position minimum)",
+    "reachable": "share of the targets solved: some distinct in-limit refined candidate within "
+                 "reach_tol in position (and in rotation, rad, for pose targets)",
+    "fallback": "share of the targets no mixture mode solved whose answer came from the solver's "
+                "extra seeds (Solutions.fallback)",
     "radial_margin": "mean of reach - ||hand||: how far inside the outer workspace boundary "
                      "the hand positions lie",
 }
+
+
+def figures_for(arm, baseline: bool = False) -> dict[str, str]:
+    """The figures (name -> file) an evaluation of arm writes, in order."""
+    if not in_metres(arm):
+        figures = dict(FIGURES)
+    else:
+        skip = {"rotation_errors"} if not arm.pose_targets else set()
+        if not has_closed_form(arm):
+            skip.add("branch_coverage")
+        figures = {k: v for k, v in SPATIAL_FIGURES.items() if k not in skip}
+    return {**figures, **(BASELINE_FIGURES if baseline else {})}
 
 
 def _kind_label(evaluation: Evaluation) -> str:
@@ -99,8 +135,7 @@ class EvaluationJob:
     def steps(self) -> list[str]:
         """Labels of the steps run() reports, in order (for a progress bar)."""
         solving = ["solving (model)"] + (["solving (baseline)"] if self.baseline else [])
-        figures = [*FIGURES, *(BASELINE_FIGURES if self.baseline else ())]
-        return [*solving, *figures, "report.md"]
+        return [*solving, *figures_for(self.solver.arm, bool(self.baseline)), "report.md"]
 
     def run(self, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Evaluate, write metrics.json, the figures and report.md; return the metrics.
@@ -137,7 +172,7 @@ class EvaluationJob:
                      "true_joints": averaging_stats(arm, targets, truth_answers, reach),
                      "model_best_mode": averaging_stats(arm, targets, model.answers["best_mode"], reach),
                      "baseline": base and averaging_stats(arm, targets, base.answers["best_mode"], reach)}
-        figures = {**FIGURES, **(BASELINE_FIGURES if base else {})}
+        figures = figures_for(arm, base is not None)
         return {
             "format": FORMAT, "ikmdn_version": __version__, "definitions": DEFINITIONS,
             "test_set": {"targets": self.samples, "seed": self.seed,
@@ -157,21 +192,34 @@ class _Figures:
                  reach: float, out: Path, seed: int):
         self.arm, self.targets, self.truth = arm, targets, truth
         self.model, self.base, self.reach, self.out = model, base, reach, out
+        self.spatial = in_metres(arm)
+        self.unit = "m" if self.spatial else UNIT
         names = [n for n, ang in zip(arm.target_names, arm.angular_targets, strict=True) if not ang]
         self.axis_names = tuple(names[:2])
+        self.position_names = tuple(names[:3])
         self.view = " (top view)" if len(names) > 2 or arm.pose_targets else ""
-        self.workspace = self.xy(arm.fk(arm.sample_joints(WORKSPACE_POINTS,
-                                                          np.random.default_rng(seed + 1))))
+        hands = arm.fk(arm.sample_joints(WORKSPACE_POINTS, np.random.default_rng(seed + 1)))
+        self.workspace3 = position_coordinates(arm, hands)
+        self.workspace = self.workspace3[:, :2]
         self.model_label = _kind_label(model)
+        self.files = figures_for(arm, base is not None)
 
     def xy(self, points: np.ndarray) -> np.ndarray:
         """The first two length coordinates (N, 2) of targets or hand positions (N, target_dim)."""
         return position_coordinates(self.arm, points)[:, :2]
 
     def rms_label(self, evaluation: Evaluation, method: str) -> str:
-        return f"RMS error {evaluation.metrics['errors'][method]['rms']:.2e}"
+        stats = evaluation.metrics["errors"][method]
+        if self.spatial:
+            return f"position RMS {_num(stats['position_mm']['rms'])} mm"
+        return f"RMS error {stats['rms']:.2e}"
 
     def write(self):
+        yield from (self._spatial() if self.spatial else self._planar())
+        if self.base is not None:
+            yield from self._baseline()
+
+    def _planar(self):
         from ikmdn import plots
 
         m, arm, n = self.model, self.arm, QUIVER_TARGETS
@@ -208,19 +256,74 @@ class _Figures:
             self.out / FIGURES["error_map"], f"Test targets coloured by error, {self.model_label}, "
             f"arm {arm.name}{self.view}", self.axis_names, UNIT, self.workspace)
         yield "error_map"
-        if self.base is None:
-            return
-        b = self.base
+
+    def _spatial(self):
+        from ikmdn import plots
+
+        m, arm, n = self.model, self.arm, len(self.targets)
+        labels = {k: METHOD_LABELS[k] for k in POSE_METHODS}
+        plots.plot_error_histogram(
+            {labels[k]: 1000.0 * m.pose_errors[k]["position"] for k in POSE_METHODS},
+            self.out / self.files["position_errors"],
+            f"Hand position errors of {self.model_label}, arm {arm.name} ({n} targets)",
+            xlabel="hand position error ||p(q) - p_target|| (mm)", value_unit="mm")
+        yield "position_errors"
+        if "rotation_errors" in self.files:
+            plots.plot_error_histogram(
+                {labels[k]: np.degrees(m.pose_errors[k]["rotation"]) for k in POSE_METHODS},
+                self.out / self.files["rotation_errors"],
+                f"Hand rotation errors of {self.model_label}, arm {arm.name} ({n} targets)",
+                xlabel="hand rotation error: angle between reached and target orientation "
+                       "(degrees)", value_unit="deg")
+            yield "rotation_errors"
+        if "branch_coverage" in self.files:
+            cov = m.metrics["coverage"]
+            rows = cov["per_branch"]
+            plots.plot_branch_coverage(
+                [r["label"] for r in rows], [r["valid"] for r in rows], [r["matched"] for r in rows],
+                cov["coverage"], self.out / self.files["branch_coverage"],
+                f"Closed-form branches found by {self.model_label} (refined), arm {arm.name}, "
+                f"{n} targets")
+            yield "branch_coverage"
+        q = QUIVER_TARGETS
+        t = self.workspace_of(self.targets[:q])
+        plots.plot_quiver_views(
+            [(f"{self.model_label}, {METHOD_LABELS[k]}: {self.rms_label(m, k)}", t,
+              self.workspace_of(m.answers[k].reached[:q])) for k in ("best_mode", "min_over_modes")],
+            self.out / self.files["position_quiver"],
+            f"Target -> reached hand position, arm {arm.name} ({min(q, n)} of {n} test targets)",
+            axis_names=self.position_names, workspace=self.workspace3)
+        yield "position_quiver"
+
+    def workspace_of(self, points: np.ndarray) -> np.ndarray:
+        """Hand positions (N, 3) of spatial targets or reached points (N, target_dim)."""
+        return position_coordinates(self.arm, points)
+
+    def _baseline(self):
+        from ikmdn import plots
+
+        m, b, arm, n = self.model, self.base, self.arm, QUIVER_TARGETS
         base_label = _kind_label(b)
-        plots.plot_quiver(
-            [(f"{base_label}: {self.rms_label(b, 'best_mode')}", t,
-              self.xy(b.answers["best_mode"].reached[:n])),
-             (f"{self.model_label}, best mode, unrefined: {self.rms_label(m, 'best_mode')}", t,
-              self.xy(m.answers["best_mode"].reached[:n]))],
-            self.out / BASELINE_FIGURES["baseline_quiver"],
-            f"Bishop's Fig. 15 on arm {arm.name}{self.view}: {base_label} vs {self.model_label} "
-            "(one arrow scale)",
-            self.axis_names, UNIT, self.workspace)
+        title = (f"Bishop's Fig. 15 on arm {arm.name}{'' if self.spatial else self.view}: "
+                 f"{base_label} vs {self.model_label} (one arrow scale)")
+        if self.spatial:
+            t = self.workspace_of(self.targets[:n])
+            plots.plot_quiver_views(
+                [(f"{base_label}: {self.rms_label(b, 'best_mode')}", t,
+                  self.workspace_of(b.answers["best_mode"].reached[:n])),
+                 (f"{self.model_label}, best mode, unrefined: {self.rms_label(m, 'best_mode')}", t,
+                  self.workspace_of(m.answers["best_mode"].reached[:n]))],
+                self.out / BASELINE_FIGURES["baseline_quiver"], title,
+                axis_names=self.position_names, workspace=self.workspace3)
+        else:
+            t = self.xy(self.targets[:n])
+            plots.plot_quiver(
+                [(f"{base_label}: {self.rms_label(b, 'best_mode')}", t,
+                  self.xy(b.answers["best_mode"].reached[:n])),
+                 (f"{self.model_label}, best mode, unrefined: {self.rms_label(m, 'best_mode')}", t,
+                  self.xy(m.answers["best_mode"].reached[:n]))],
+                self.out / BASELINE_FIGURES["baseline_quiver"], title,
+                self.axis_names, UNIT, self.workspace)
         yield "baseline_quiver"
         answers = {"true joints of the targets": (self.truth, self.targets),
                    base_label: (b.answers["best_mode"].joints, b.answers["best_mode"].reached),
@@ -231,7 +334,7 @@ class _Figures:
             {k: np.linalg.norm(position_coordinates(arm, x), axis=1) for k, (_, x) in answers.items()},
             self.reach, self.out / BASELINE_FIGURES["averaging"],
             f"Least squares averages the solution branches (arm {arm.name}, "
-            f"{len(self.targets)} targets)", UNIT)
+            f"{len(self.targets)} targets)", self.unit)
         yield "averaging"
 
 
@@ -249,6 +352,20 @@ def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
+def _tol(value: float) -> str:
+    """A tolerance as 1e-6 rather than 1e-06."""
+    return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def _num(value: float | None) -> str:
+    """3 significant digits, in e-notation outside [0.01, 1e5) (mm and degree tables)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if value == 0 or 0.01 <= abs(value) < 1e5:
+        return f"{value:.3g}"
+    return f"{value:.2e}"
+
+
 def _error_rows(label: str, errors: dict, orientation: bool) -> list[str]:
     def extra(s):
         return f" {_e(s['position_rms'])} | {s['orientation_rms_deg']:.3g} |" if orientation else ""
@@ -263,7 +380,10 @@ def _model_name(model: dict) -> str:
 
 
 def markdown_report(metrics: dict[str, Any]) -> str:
-    """report.md: one page with the tables and the figures (relative links)."""
+    """report.md: one page with the tables and the figures (relative links); its sections follow
+    the arm: planar (Bishop's figures) or spatial (position and rotation errors, branches)."""
+    if "position_mm" in metrics["errors"]["refined"]:
+        return _spatial_report(metrics)
     test, model = metrics["test_set"], metrics["model"]
     arm = test["arm"]
     base = metrics["baseline"]
@@ -294,6 +414,7 @@ def markdown_report(metrics: dict[str, Any]) -> str:
               f"| {_pct(cov and cov['coverage'])} | {metrics['solutions_per_target']:.3f} | "
               f"{_pct(metrics['reachable'])} | {_pct(lim['unrefined_modes'])} | "
               f"{_pct(lim['refined_candidates'])} |", "",
+              *_branch_table(cov),
               "| refined solve (targets/s) | unrefined solve (targets/s) | closed form (targets/s) "
               "| refined / closed form |",
               "|---|---|---|---|",
@@ -309,6 +430,123 @@ def markdown_report(metrics: dict[str, Any]) -> str:
               "![error histogram](error_histogram.png)", "",
               "![joint-space candidates](joint_candidates.png)", "",
               "![error map](error_map.png)", ""]
+    if base:
+        lines += _averaging_section(metrics)
+    return "\n".join(lines) + "\n"
+
+
+def _branch_table(cov: dict | None) -> list[str]:
+    """Per-branch coverage: a table and the branch order's description (no lines without one)."""
+    if not cov or not cov.get("per_branch"):
+        return []
+    rows = [f"| {r['branch']} | {r['label']} | {r['valid']:,} | {r['matched']:,} | "
+            f"{_pct(r['coverage'])} |" for r in cov["per_branch"]]
+    return ["| branch | description | targets where it exists | found (refined) | coverage |",
+            "|---|---|---|---|---|", *rows, "",
+            f"Branch order (of the closed-form oracle): {cov['branch_order']}", ""]
+
+
+def _spread_rows(errors: dict, key: str, methods=METHODS) -> list[str]:
+    return [f"| {METHOD_LABELS[m]} | " + " | ".join(_num(errors[m][key][s]) for s in SPREAD)
+            + " |" for m in methods]
+
+
+SPREAD = ("rms", "p50", "p90", "p99", "max")
+SPREAD_HEADER = "| RMS | p50 | p90 | p99 | max |"
+
+
+def _spatial_report(metrics: dict[str, Any]) -> str:
+    """report.md for a spatial arm (lengths in metres): errors in mm and degrees, branches."""
+    test, model = metrics["test_set"], metrics["model"]
+    arm, base = test["arm"], metrics["baseline"]
+    pose = "rotation_deg" in metrics["errors"]["refined"]
+    name = _model_name(model)
+    what = ("pose targets: hand position and orientation" if pose
+            else "position targets: hand position only")
+    tol = model["reach_tol"]
+    lines = [f"# Evaluation of `{Path(test['model_path']).name}`", "",
+             f"Arm **{arm['name']}** ({arm['dof']} joints, {what}), {name}, on "
+             f"{test['targets']:,} fresh targets (forward kinematics of joints drawn uniformly "
+             f"within the limits, seed {test['seed']}); ikmdn {metrics['ikmdn_version']}.", "",
+             "Position error: the distance between the reached and the target hand position, in "
+             "mm." + (" Rotation error: the angle of the rotation between the reached and the "
+                      "target hand orientation, in degrees." if pose else ""), "",
+             "## Accuracy", "", "### Position error (mm)", "",
+             "| answer " + SPREAD_HEADER, "|---" * 6 + "|",
+             *_spread_rows(metrics["errors"], "position_mm")]
+    if base:
+        lines += [f"| {_model_name(base['model'])}, {METHOD_LABELS['best_mode']} | "
+                  + " | ".join(_num(base["errors"]["best_mode"]["position_mm"][s]) for s in SPREAD)
+                  + " |"]
+    if pose:
+        lines += ["", "### Rotation error (degrees)", "", "| answer " + SPREAD_HEADER,
+                  "|---" * 6 + "|", *_spread_rows(metrics["errors"], "rotation_deg")]
+        if base:
+            lines += [f"| {_model_name(base['model'])}, {METHOD_LABELS['best_mode']} | "
+                      + " | ".join(_num(base["errors"]["best_mode"]["rotation_deg"][s])
+                                   for s in SPREAD) + " |"]
+    lines += ["", "RMS = sqrt(mean(error^2)) over the targets. *Best mode*: the mean of the "
+              "heaviest mixture component, unrefined. *Min over modes*: the best of the K means "
+              "for each target (an oracle pick, a lower bound for any unrefined pick)"
+              + ("; the position and the rotation minimum are each taken on their own, so they "
+                 "may come from different modes" if pose else "")
+              + ". *Sampled*: a component drawn by weight, then joints drawn from its Gaussian. "
+              f"*Refined*: the heaviest in-limit candidate within {_tol(tol)} m"
+              + (f" and {_tol(tol)} rad" if pose else "") + " after refinement, else the closest.",
+              ""]
+    cov, thr, lim = metrics["coverage"], metrics["throughput"], metrics["within_limits"]
+    counts = metrics["solutions_per_target_counts"]
+    solved_within = f"{_tol(tol)} m" + (f" and {_tol(tol)} rad" if pose else "")
+    lines += ["## Solutions", "",
+              f"| targets solved (within {solved_within}) | answers from fallback seeds | "
+              "distinct solutions per target | raw modes within limits | refined candidates "
+              "within limits |", "|---|---|---|---|---|",
+              f"| {_pct(metrics['reachable'])} | {_pct(metrics['fallback'])} | "
+              f"{metrics['solutions_per_target']:.3f} | {_pct(lim['unrefined_modes'])} | "
+              f"{_pct(lim['refined_candidates'])} |", "",
+              "*Solved*: some distinct in-limit refined candidate reaches the target within the "
+              "tolerance. *Fallback*: no mixture mode converged, and the answer came from the "
+              "solver's extra seeds (around the modes and uniform within the limits). *Distinct "
+              "solutions*: refined candidates that solve the target and differ by more than "
+              "1e-6 rad in some joint (modulo 2 pi).", "",
+              "| distinct solutions | " + " | ".join(str(c) for c in range(len(counts))) + " |",
+              "|---" * (len(counts) + 1) + "|",
+              "| targets | " + " | ".join(f"{c:,}" for c in counts) + " |", ""]
+    if cov:
+        lines += ["### Coverage of the closed-form solutions", "",
+                  f"The refined candidates match **{_pct(cov['coverage'])}** of the "
+                  f"{cov['branches']:,} in-limit closed-form solutions of the test targets (within "
+                  f"1e-6 rad in every joint, modulo 2 pi); every solution of a target is found for "
+                  f"{_pct(cov['targets_fully_covered'])} of the targets. Per branch:", "",
+                  *_branch_table(cov)]
+    else:
+        lines += [f"Arm {arm['name']} has no closed-form IK oracle, so coverage of its solutions "
+                  "is not measured" + (" (with 7 joints it has a continuum of solutions)"
+                                       if arm["dof"] > 6 else "") + ".", ""]
+    lines += ["## Speed", "",
+              "| refined solve (targets/s) | unrefined solve (targets/s) | closed form (targets/s) "
+              "| refined / closed form |", "|---|---|---|---|",
+              f"| {_rate(thr['refined_targets_per_s'])} | {_rate(thr['unrefined_targets_per_s'])} | "
+              f"{_rate(thr.get('closed_form_targets_per_s'))} | "
+              f"{_e(thr.get('refined_over_closed_form'))} |", "",
+              "Throughput: one timed pass over the test targets after a warm-up, on the machine "
+              "that wrote this report" + ("; the closed-form oracle is the reference speed."
+                                          if cov else "."), "",
+              "## Figures", ""]
+    figures = metrics["figures"]
+    captions = {
+        "position_errors": "Hand position errors (mm, log scale) of the unrefined best mode, the "
+                           "best of the K unrefined modes, and the refined answer.",
+        "rotation_errors": "Hand rotation errors (degrees, log scale), the same three answers.",
+        "branch_coverage": "For each closed-form branch, the share of the targets where the branch "
+                           "exists whose branch solution a refined candidate found (counts on "
+                           "the bars).",
+        "position_quiver": "An arrow from each target to where the unrefined joints put the hand, "
+                           "seen from above (x, y) and from the side (x, z); one arrow scale.",
+    }
+    for key, caption in captions.items():
+        if key in figures:
+            lines += [f"![{key.replace('_', ' ')}]({figures[key]})", "", caption, ""]
     if base:
         lines += _averaging_section(metrics)
     return "\n".join(lines) + "\n"
