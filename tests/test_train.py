@@ -147,3 +147,16 @@ def test_cli_resume(tmp_path):
     assert "--resume continues with the run's own settings; drop --samples" in result.output
     result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "none"), "--resume"])
     assert result.exit_code == 2 and "cannot resume" in result.output
+
+
+def test_full_circle_joints_get_wrapped_gaussians_unless_disabled():
+    arm = get_arm("planar2")  # both joints span [-pi, pi]
+    assert default_config("planar2").model_config(arm).periodic_outputs == (True, True)
+    plain = default_config("planar2", wrap_joints=False).model_config(arm)
+    assert plain.periodic_outputs == (False, False)
+    bishop = get_arm("bishop")  # bounded joints: never wrapped
+    assert default_config("bishop").model_config(bishop).periodic_outputs == (False, False)
+
+
+def test_least_squares_config_has_one_component():
+    assert TrainConfig(kind="least_squares", components=8).components == 1
