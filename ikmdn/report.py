@@ -330,7 +330,7 @@ class _Figures:
                    f"{self.model_label} best mode": (m.answers["best_mode"].joints,
                                                      m.answers["best_mode"].reached)}
         plots.plot_averaging(
-            {k: q for k, (q, _) in answers.items()},
+            {k: arm.wrap_joints(q) for k, (q, _) in answers.items()},  # full-circle joints wrapped
             {k: np.linalg.norm(position_coordinates(arm, x), axis=1) for k, (_, x) in answers.items()},
             self.reach, self.out / BASELINE_FIGURES["averaging"],
             f"Least squares averages the solution branches (arm {arm.name}, "
