@@ -109,10 +109,11 @@ def refine(arm: Arm, q0: np.ndarray, targets: np.ndarray,
         qa, reached_a, ra, err_a, xa, lam_a = views(work)
         # Freeze joints held at a limit that a descent step would push further out.
         at_limit = bounded & ((qa <= lo) | (qa >= hi))
-        if at_limit.any():
-            gradient = np.einsum("tdm,tm->dm", jac, ra)
-            pinned = at_limit & (((qa <= lo) & (gradient > 0)) | ((qa >= hi) & (gradient < 0)))
-            jac = jac * ~pinned
+        cols = np.flatnonzero(at_limit.any(axis=0))
+        if cols.size:
+            qc, gradient = qa[:, cols], np.einsum("tdm,tm->dm", jac[:, :, cols], ra[:, cols])
+            pinned = at_limit[:, cols] & (((qc <= lo) & (gradient > 0)) | ((qc >= hi) & (gradient < 0)))
+            jac[:, :, cols] *= ~pinned
         q_new = arm.project_to_limits(qa + damped_step(jac, ra, lam_a[0]), axis=0)
         reached_new, jac_new = arm.kinematics_t(q_new, True)
         r_new = arm.residual(reached_new, xa, axis=0)

@@ -180,6 +180,26 @@ class IKSolver:
         pick = np.argmax(ok, axis=1)
         return q.reshape(m, -1, arm.dof)[np.arange(m), pick], ok.any(axis=1)
 
+    def _fallback(self, x, mixture: Mixture, rng, joints, positions, errors, rotation_errors,
+                  within, distinct, weights) -> np.ndarray:
+        """For targets no candidate solves, put the best solving extra seed in the last slot (the
+        arrays, (N, K, ...), are changed in place); returns (N,) True where that happened."""
+        arm = self.arm
+        fallback = np.zeros(len(x), dtype=bool)
+        rows = np.flatnonzero(~solved_mask(distinct, within, errors, rotation_errors,
+                                           self.reach_tol).any(axis=1))
+        if rows.size == 0:
+            return fallback
+        q, ok = self._extra_seeds(x[rows], Mixture(mixture.weights[rows], mixture.means[rows],
+                                                   mixture.sigmas[rows]), rng)
+        fix = rows[ok]
+        joints[fix, -1] = q[ok]
+        positions[fix, -1] = arm.fk(q[ok])
+        errors[fix, -1] = arm.target_error(positions[fix, -1], x[fix])
+        rotation_errors[fix, -1] = arm.rotation_error(positions[fix, -1], x[fix])
+        within[fix, -1], distinct[fix, -1], weights[fix, -1], fallback[fix] = True, True, 0, True
+        return fallback
+
     def _solve_batch(self, x: np.ndarray, do_refine: bool, rng: np.random.Generator) -> Solutions:
         arm = self.arm
         mixture: Mixture = self.model.predict(x).sorted_by_weight()
@@ -203,17 +223,9 @@ class IKSolver:
         fallback = np.zeros(n, dtype=bool)
         if do_refine:
             weights, distinct = merge_duplicates(joints, weights)
-            solved = solved_mask(distinct, within, errors, rotation_errors, self.reach_tol)
-            rows = np.flatnonzero(~solved.any(axis=1))
-            if self.fallback_seeds and rows.size:
-                q, ok = self._extra_seeds(x[rows], Mixture(mixture.weights[rows], mixture.means[rows],
-                                                           mixture.sigmas[rows]), rng)
-                fix = rows[ok]
-                joints[fix, -1] = q[ok]
-                positions[fix, -1] = arm.fk(q[ok])
-                errors[fix, -1] = arm.target_error(positions[fix, -1], x[fix])
-                rotation_errors[fix, -1] = arm.rotation_error(positions[fix, -1], x[fix])
-                within[fix, -1], distinct[fix, -1], weights[fix, -1], fallback[fix] = True, True, 0, True
+            if self.fallback_seeds:
+                fallback = self._fallback(x, mixture, rng, joints, positions, errors,
+                                          rotation_errors, within, distinct, weights)
             # Heaviest first, merged duplicates last: one flat gather per array.
             order = np.argsort(np.where(distinct, -weights, 1.0), axis=1, kind="stable")
             pick = (order + k * np.arange(n)[:, None]).ravel()

@@ -1,12 +1,13 @@
 """Benchmark the spatial arms (rrr3, ur5, panda): MDN candidates vs random-restart LM.
 
 On random reachable poses per arm (fk of joints drawn within the limits), in one process:
-- the shipped MDN: share of closed-form branches found by refined candidates alone (rrr3, ur5),
-  share of poses solved (<= 1e-6 m and <= 1e-6 rad) by the default solve, mean distinct
-  solutions per pose, unrefined best-mode and min-over-modes errors (mm, degrees), throughput
-  with refinement at batch 1,000;
-- random-restart LM with the same number of seeds (K) and the same refinement settings:
-  the same measures.
+- the shipped MDN's refined candidates alone (no fallback seeds): share of closed-form branches
+  found (rrr3, ur5), share of poses solved (<= 1e-6 m and <= 1e-6 rad), mean distinct solutions
+  per pose, unrefined best-mode and min-over-modes errors (mm, degrees), poses/s at batch 1,000;
+- the default solve (MDN candidates, then 64 fallback seeds where no mode converged): poses
+  solved, share answered by a fallback seed, poses/s;
+- random-restart LM with the same number of seeds (K), the same refinement settings and no
+  fallback: the same measures as the MDN's candidates alone.
 
     python scripts/bench_spatial.py [--arms rrr3,ur5,panda] [--poses 1000]
 """
@@ -53,29 +54,35 @@ def quality(arm, targets: np.ndarray, sol: Solutions) -> dict:
     return out
 
 
-def bench_arm(path: Path, n_poses: int, threads: int) -> dict:
-    solver = IKSolver.load(path, threads=threads)
-    arm, k = solver.arm, solver.model.components
-    targets = make_ik_dataset(arm, n_poses, seed=31).inputs
+def timed_solve(solver: IKSolver, targets: np.ndarray) -> tuple[Solutions, float]:
     start = time.perf_counter()
     sol = solver.solve(targets)
-    mdn_seconds = time.perf_counter() - start
-    mixture = solver.model.predict(targets)
+    return sol, len(targets) / (time.perf_counter() - start)
+
+
+def bench_arm(path: Path, n_poses: int, threads: int) -> dict:
+    default = IKSolver.load(path, threads=threads)
+    arm, k, settings = default.arm, default.model.components, default.refine_settings
+    targets = make_ik_dataset(arm, n_poses, seed=31).inputs
+    alone = IKSolver(default.model, settings, default.reach_tol, fallback_seeds=0)
+    sol, speed = timed_solve(alone, targets)
+    mixture = default.model.predict(targets)
     raw = mode_errors(arm, mixture, targets)
     best = np.argmax(mixture.weights, axis=1)
-    best_joints = mixture.means[np.arange(len(best)), best].astype(np.float64)
-    reached = arm.fk(best_joints)
-    mdn = {**quality(arm, targets, sol), "poses_per_s": n_poses / mdn_seconds,
+    reached = arm.fk(mixture.means[np.arange(len(best)), best].astype(np.float64))
+    mdn = {**quality(arm, targets, sol), "poses_per_s": speed,
            "best_mode_position_mm": 1e3 * float(np.mean(arm.target_error(reached, targets))),
            "min_over_modes_position_mm": 1e3 * float(np.mean(raw["min_over_modes"]))}
     if arm.pose_targets:
         mdn["best_mode_rotation_deg"] = float(np.degrees(np.mean(arm.rotation_error(reached, targets))))
-    baseline = IKSolver(RandomSeeds(arm, k, seed=5), solver.refine_settings, solver.reach_tol)
-    start = time.perf_counter()
-    rsol = baseline.solve(targets)
-    restarts = {**quality(arm, targets, rsol), "poses_per_s": n_poses / (time.perf_counter() - start)}
-    return {"model": str(path), "components": k, "poses": n_poses,
-            "refine": asdict(solver.refine_settings), "mdn": mdn, "random_restarts": restarts}
+    full, full_speed = timed_solve(default, targets)
+    with_fallback = {"solved": float(np.mean(full.reachable)), "fallback": float(np.mean(full.fallback)),
+                     "fallback_seeds": default.fallback_seeds, "poses_per_s": full_speed}
+    restarts, restart_speed = timed_solve(
+        IKSolver(RandomSeeds(arm, k, seed=5), settings, default.reach_tol, fallback_seeds=0), targets)
+    return {"model": str(path), "components": k, "poses": n_poses, "refine": asdict(settings),
+            "mdn": mdn, "default_solve": with_fallback,
+            "random_restarts": {**quality(arm, targets, restarts), "poses_per_s": restart_speed}}
 
 
 def main() -> None:
@@ -90,6 +97,7 @@ def main() -> None:
     for arm in args.arms.split(","):
         rows[arm] = r = bench_arm(args.models / f"{arm}.onnx", args.poses, args.threads)
         print(arm, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r["mdn"].items()})
+        print(" " * len(arm), "default solve:", r["default_solve"])
         print(" " * len(arm), "random restarts:",
               {k: round(v, 4) for k, v in r["random_restarts"].items()}, flush=True)
     write_results(args.out, {"bench": "spatial", "arms": rows})
@@ -98,7 +106,11 @@ def main() -> None:
           "| poses/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arm, r in rows.items():
-        for name, m in (("MDN + LM", r["mdn"]), ("random restarts + LM", r["random_restarts"])):
+        fallback = r["default_solve"]
+        for name, m in (("MDN candidates + LM", r["mdn"]),
+                        (f"default solve (+{r['default_solve']['fallback_seeds']} fallback seeds, "
+                         f"used for {r['default_solve']['fallback']:.1%})", fallback),
+                        ("random restarts + LM", r["random_restarts"])):
             def cell(key, fmt, m=m):
                 return format(m[key], fmt) if key in m else "n/a"
             print(f"| {arm} | {r['components']} | {name} | {cell('solved', '.1%')} "
