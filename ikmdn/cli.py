@@ -42,12 +42,20 @@ class _Group(click.Group):
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
+        except OSError as exc:  # a path the user gave cannot be read or written
+            error = click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+            error.exit_code = 2
+            raise error from None
 
 
 def _positive(ctx, param, value):
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"must be positive, got {value}")
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a positive number, got {value}")
     return value
+
+
+SEED = click.IntRange(min=0)
+THREADS = click.IntRange(min=1, max=1024)
 
 
 def _hidden(ctx, param, value):
@@ -100,7 +108,7 @@ def arms_command():
 @click.option("--lr", type=float, callback=_positive, help="Peak learning rate (Adam).")
 @click.option("--hidden", callback=_hidden, help="Hidden widths, e.g. 128,128,128.")
 @click.option("--activation", type=click.Choice(["relu", "silu", "tanh", "gelu"]))
-@click.option("--seed", type=int, help="Seed for data, initialisation and shuffling.")
+@click.option("--seed", type=SEED, help="Seed for data, initialisation and shuffling.")
 @click.option("--device", help="torch device, e.g. cpu or cuda.")
 @click.option("--baseline", is_flag=True,
               help="Train Bishop's least-squares network (same body, one output) instead.")
@@ -118,11 +126,14 @@ def train_command(arm_name, out_dir, samples, components, epochs, batch_size, lr
 
     Example: ikmdn train --arm bishop --out runs/bishop --export bishop.onnx
     """
-    from ikmdn.outdir import prepare_out_dir
+    from ikmdn.outdir import check_output_file, prepare_out_dir
     from ikmdn.train import default_config, resume_run, train_run
 
-    if export_path is not None and export_path.exists() and not force:
-        raise IKMDNError(f"{export_path} already exists; pass --force to overwrite it")
+    if export_path is not None:
+        if export_path.suffix != ".onnx":
+            raise click.BadParameter(f"expected a file name ending in .onnx, got {export_path}",
+                                     param_hint="--export")
+        check_output_file(export_path, force)
     if resume:
         given = [name for name, value in (("--samples", samples), ("--components", components),
                                           ("--epochs", epochs), ("--batch-size", batch_size),
@@ -231,7 +242,7 @@ def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
               help="Refinement tolerance in target units [default: 1e-9].")
 @click.option("--max-iter", type=int, callback=_positive,
               help="Refinement iteration cap [default: 30 for planar arms, 100 for spatial ones].")
-@click.option("--threads", type=int, callback=_positive, help="ONNX Runtime threads.")
+@click.option("--threads", type=THREADS, help="ONNX Runtime threads.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
 @click.option("--pose", is_flag=True,
               help="Pose arms: COORDINATES (and file rows) are x y z qw qx qy qz (m, unit quaternion).")
@@ -297,11 +308,11 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for metrics.json, report.md and the figures.")
 @click.option("--samples", type=int, help="Number of fresh test targets [default: 5000].")
-@click.option("--seed", type=int,
+@click.option("--seed", type=SEED,
               help="Seed for the test targets and the sampled answers [default: 2024].")
 @click.option("--baseline", "baseline_path", type=click.Path(path_type=Path),
               help="A least-squares model (`ikmdn train --baseline`) of the same arm to compare.")
-@click.option("--threads", type=int, callback=_positive, help="ONNX Runtime threads.")
+@click.option("--threads", type=THREADS, help="ONNX Runtime threads.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out folder.")
 def evaluate_command(model_path, out_dir, samples, seed, baseline_path, threads, force):
     """Measure a model on fresh targets: metrics.json, figures and report.md in --out.
@@ -330,7 +341,7 @@ def evaluate_command(model_path, out_dir, samples, seed, baseline_path, threads,
               help="The blog post's sinusoid or Bishop's (1994).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for the figures, metrics.json and report.md.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and training.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for data and training.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out folder.")
 def demo_command(name, variant, out_dir, seed, force):
     """Train a least-squares network and an MDN on an inverted 1-D toy problem (seconds).

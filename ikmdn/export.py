@@ -13,7 +13,8 @@ import onnx
 import torch
 
 from ikmdn import __version__
-from ikmdn.errors import IKMDNError, JobFailedError
+from ikmdn.errors import JobFailedError
+from ikmdn.outdir import check_output_file, write_atomically
 from ikmdn.runtime import INPUT_NAME, ONNX_FORMAT, OUTPUT_NAMES, OnnxModel
 from ikmdn.train import Checkpoint
 
@@ -130,18 +131,11 @@ def export_onnx(checkpoint: Checkpoint, path: str | Path, force: bool = False,
 
     Refuses to overwrite an existing file unless force; writes nothing if parity fails.
     """
-    path = Path(path)
-    if path.exists() and not force:
-        raise IKMDNError(f"{path} already exists; pass --force to overwrite it")
-    if path.exists() and path.is_dir():
-        raise IKMDNError(f"{path} is a folder; give a file name such as model.onnx")
+    path = check_output_file(path, force)
     data = onnx_bytes(checkpoint)
     report = parity(checkpoint, OnnxModel(data, source=str(path)),
                     parity_targets(checkpoint, 512, seed))
     if not report.ok:
         raise JobFailedError(f"export aborted, nothing written: {report.summary()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: tmp.write_bytes(data))
     return report

@@ -80,6 +80,8 @@ class OnnxModel:
         if fmt > ONNX_FORMAT:
             raise IKMDNError(f"{self.source} has ikmdn.format {fmt}; this ikmdn reads format "
                              f"{ONNX_FORMAT} or older: upgrade ikmdn")
+        if fmt < 1:
+            raise IKMDNError(f"{self.source}: ikmdn.format must be 1 to {ONNX_FORMAT}, got {fmt}")
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
@@ -91,8 +93,23 @@ class OnnxModel:
         self.version = meta["ikmdn.version"]
         k = self.session.get_outputs()[0].shape[1]
         # A symbolic K (e.g. the least-squares graph's) is read off one probe call.
+        self._check_graph()
         self.components = k if isinstance(k, int) else self.session.run(
             ["weights"], {INPUT_NAME: np.zeros((1, self.arm.target_dim), np.float32)})[0].shape[1]
+
+    def _check_graph(self) -> None:
+        """The graph's types and fixed sizes must agree with the contract and the arm."""
+        found = {io.name: (io.type, io.shape) for io in
+                 (*self.session.get_inputs(), *self.session.get_outputs())}
+        expected = {INPUT_NAME: (1, self.arm.target_dim), "weights": (1, None),
+                    "means": (2, self.arm.dof), "sigmas": (2, self.arm.dof)}
+        for name, (axis, size) in expected.items():
+            kind, shape = found[name]
+            if kind != "tensor(float)":
+                raise IKMDNError(f"{self.source}: {name} must be float32, got {kind}")
+            if size is not None and isinstance(shape[axis], int) and shape[axis] != size:
+                raise IKMDNError(f"{self.source}: {name} has size {shape[axis]} on axis {axis} but "
+                                 f"its arm {self.arm.name!r} needs {size}")
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None) -> OnnxModel:
@@ -104,7 +121,10 @@ class OnnxModel:
         A single target (target_dim,) is promoted to (1, target_dim); an empty batch gives empty
         arrays. Wrong shapes and NaN or infinite values raise IKMDNError.
         """
-        x = as_batch(targets, self.arm.target_dim, "targets").astype(np.float32)
+        x = as_batch(targets, self.arm.target_dim, "targets")
+        if np.any(np.abs(x) > np.finfo(np.float32).max):
+            raise IKMDNError("targets must fit in float32 (|value| < 3.4e38)")
+        x = x.astype(np.float32)
         if len(x) == 0:
             k, dof = self.components, self.arm.dof
             return Mixture(np.zeros((0, k), np.float32), np.zeros((0, k, dof), np.float32),

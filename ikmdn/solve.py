@@ -29,8 +29,9 @@ class Solutions:
     rad between reached and target hand orientations (0 for position targets); within_limits
     (N, K); distinct (N, K) False for merged duplicates; reachable (N,) some distinct in-limit
     candidate has error and rotation error <= reach_tol; fallback (N,) True where no mixture mode
-    converged and the last candidate was replaced by the best of the solver's extra seeds (it then
-    has weight 0: the network gave it none).
+    converged and a candidate (a merged duplicate, else the lightest) was replaced by the best of
+    the solver's extra seeds: it has weight 0 (the network gave it none; the replaced weight moves
+    to the heaviest candidate) and sigma 0.
     """
 
     targets: np.ndarray
@@ -159,11 +160,13 @@ class IKSolver:
     def solve(self, targets, refine: bool = True) -> Solutions:
         """Solutions for targets (N, target_dim) or one target (target_dim,), in batches."""
         x = as_batch(targets, self.arm.target_dim, "targets")
-        rng = np.random.default_rng(self.seed)
         if len(x) <= self.batch_size:
-            return self._solve_batch(x, refine, rng)
-        return Solutions.concatenate([self._solve_batch(x[s:s + self.batch_size], refine, rng)
-                                      for s in range(0, len(x), self.batch_size)])
+            return self._solve_batch(x, refine, np.random.default_rng([self.seed, 0]))
+        # Fallback seeds are drawn per batch from (seed, first row): results do not depend on
+        # how a caller splits its targets into solve() calls of batch_size rows.
+        return Solutions.concatenate([
+            self._solve_batch(x[s:s + self.batch_size], refine, np.random.default_rng([self.seed, s]))
+            for s in range(0, len(x), self.batch_size)])
 
     def _extra_seeds(self, x: np.ndarray, mixture: Mixture, rng: np.random.Generator):
         """Best refined extra seed per target x (M, target_dim): (joints (M, dof), solved (M,))."""
@@ -181,7 +184,7 @@ class IKSolver:
         return q.reshape(m, -1, arm.dof)[np.arange(m), pick], ok.any(axis=1)
 
     def _fallback(self, x, mixture: Mixture, rng, joints, positions, errors, rotation_errors,
-                  within, distinct, weights) -> np.ndarray:
+                  within, distinct, weights, sigmas) -> np.ndarray:
         """For targets no candidate solves, put the best solving extra seed in the last slot (the
         arrays, (N, K, ...), are changed in place); returns (N,) True where that happened."""
         arm = self.arm
@@ -193,11 +196,20 @@ class IKSolver:
         q, ok = self._extra_seeds(x[rows], Mixture(mixture.weights[rows], mixture.means[rows],
                                                    mixture.sigmas[rows]), rng)
         fix = rows[ok]
-        joints[fix, -1] = q[ok]
-        positions[fix, -1] = arm.fk(q[ok])
-        errors[fix, -1] = arm.target_error(positions[fix, -1], x[fix])
-        rotation_errors[fix, -1] = arm.rotation_error(positions[fix, -1], x[fix])
-        within[fix, -1], distinct[fix, -1], weights[fix, -1], fallback[fix] = True, True, 0, True
+        # The slot of a merged duplicate if there is one (its weight is already 0), else the
+        # lightest candidate, whose weight moves to the heaviest (slot 0, always distinct); with
+        # K = 1 the fallback takes the only slot and its weight.
+        k = distinct.shape[1]
+        slot = np.where((~distinct[fix]).any(axis=1), np.argmax(~distinct[fix], axis=1), k - 1)
+        moved = distinct[fix, slot] & (slot > 0)
+        weights[fix[moved], 0] += weights[fix[moved], slot[moved]]
+        weights[fix[slot > 0], slot[slot > 0]] = 0.0
+        joints[fix, slot] = q[ok]
+        positions[fix, slot] = arm.fk(q[ok])
+        errors[fix, slot] = arm.target_error(positions[fix, slot], x[fix])
+        rotation_errors[fix, slot] = arm.rotation_error(positions[fix, slot], x[fix])
+        sigmas[fix, slot] = 0.0  # not a mixture component
+        within[fix, slot], distinct[fix, slot], fallback[fix] = True, True, True
         return fallback
 
     def _solve_batch(self, x: np.ndarray, do_refine: bool, rng: np.random.Generator) -> Solutions:
@@ -225,7 +237,7 @@ class IKSolver:
             weights, distinct = merge_duplicates(joints, weights)
             if self.fallback_seeds:
                 fallback = self._fallback(x, mixture, rng, joints, positions, errors,
-                                          rotation_errors, within, distinct, weights)
+                                          rotation_errors, within, distinct, weights, sigmas)
             # Heaviest first, merged duplicates last: one flat gather per array.
             order = np.argsort(np.where(distinct, -weights, 1.0), axis=1, kind="stable")
             pick = (order + k * np.arange(n)[:, None]).ravel()

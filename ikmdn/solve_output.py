@@ -15,6 +15,7 @@ from typing import TextIO
 import numpy as np
 
 from ikmdn.errors import IKMDNError
+from ikmdn.outdir import check_output_file
 from ikmdn.solve import Solutions
 
 FORMATS = ("table", "json", "csv")
@@ -90,9 +91,9 @@ def write_npz(path: str | Path, total: int, batches: Iterable[Solutions], force:
     path = Path(path)
     if path.suffix != ".npz":
         raise IKMDNError(f"--output must end in .npz, got {path}")
-    if path.exists() and not force:
-        raise IKMDNError(f"{path} already exists; pass --force to overwrite it")
-    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
+    check_output_file(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         arrays: dict[str, np.ndarray] = {}
         start = 0
         for sol in batches:
@@ -105,5 +106,4 @@ def write_npz(path: str | Path, total: int, batches: Iterable[Solutions], force:
             start += len(sol)
         partial = Path(tmp) / "out.npz"
         np.savez(partial, **arrays)
-        path.parent.mkdir(parents=True, exist_ok=True)
         partial.replace(path)

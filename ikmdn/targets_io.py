@@ -77,6 +77,8 @@ class TargetsFile:
         self.width = width
         if self.path.suffix.lower() not in SUFFIXES:
             raise IKMDNError(f"targets file must end in {' or '.join(SUFFIXES)}, got {self.path}")
+        if self.path.is_dir():
+            raise IKMDNError(f"targets file {self.path} is a folder")
         if not self.path.is_file():
             raise IKMDNError(f"targets file {self.path} does not exist")
         self._npy = self.path.suffix.lower() == ".npy"

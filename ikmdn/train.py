@@ -21,7 +21,7 @@ from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError, JobFailedError
 from ikmdn.mdn import MDN, MDNConfig
 from ikmdn.mixture import Mixture
-from ikmdn.outdir import prepare_out_dir
+from ikmdn.outdir import prepare_out_dir, write_atomically
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "model.pt"
@@ -59,8 +59,10 @@ class TrainConfig:
         for name in ("samples", "components", "epochs", "batch_size"):
             if int(getattr(self, name)) <= 0:
                 raise IKMDNError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise IKMDNError(f"lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise IKMDNError(f"lr must be a positive number, got {self.lr}")
+        if self.seed < 0:
+            raise IKMDNError(f"seed must be a non-negative integer, got {self.seed}")
         if not 0 < self.val_fraction < 1:
             raise IKMDNError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.kind == "least_squares":
@@ -129,9 +131,7 @@ class Checkpoint:
             "metrics": json.dumps(self.metrics),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
         }
-        tmp = Path(path).with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -347,9 +347,7 @@ def _save_last(trainer: Trainer, arm: Arm, path: Path) -> None:
                "model_config": json.dumps(trainer.model.config.to_dict()),
                "train_config": json.dumps(trainer.config.to_dict()),
                "arm": json.dumps(arm.spec()), **trainer.state_dict()}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def train_run(config: TrainConfig, out_dir: str | Path, force: bool = False,

@@ -364,10 +364,12 @@ def test_unknown_format(model):
                        "'xml' is not one of")
 
 
-@pytest.mark.parametrize("option", ["--tol", "--max-iter", "--threads"])
-def test_non_positive_solver_options(model, option):
+@pytest.mark.parametrize("option, message", [("--tol", "must be a positive number"),
+                                             ("--max-iter", "must be a positive number"),
+                                             ("--threads", "not in the range 1<=x<=1024")])
+def test_non_positive_solver_options(model, option, message):
     assert_usage_error(invoke("solve", "--model", model, "0.8", "0.4", option, "0"),
-                       option, "must be positive")
+                       option, message)
 
 
 # -- train ----------------------------------------------------------------------------------------

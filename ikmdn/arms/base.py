@@ -95,7 +95,7 @@ class Arm(abc.ABC):
         """(N,) bool: every joint of q (N, dof) lies within its limits (continuous joints always do)."""
         q = np.asarray(q, dtype=np.float64)
         ok = (q >= self._limits[:, 0] - atol) & (q <= self._limits[:, 1] + atol)
-        return np.all(ok | self.continuous_joints, axis=-1)
+        return np.all((ok | self.continuous_joints) & np.isfinite(q), axis=-1)
 
     def wrap_joints(self, q: np.ndarray, axis: int = -1) -> np.ndarray:
         """Joints with continuous joints wrapped into [lo, lo + 2 pi); others as given.
@@ -240,7 +240,7 @@ def arm_from_spec(spec: dict[str, Any]) -> Arm:
     params = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
     try:
         arm = _KINDS[spec["kind"]].from_params(spec["name"], spec["joint_limits"], params)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise IKMDNError(f"invalid {spec['kind']} arm spec: {exc!r}") from None
     if arm.dof != spec["dof"] or arm.target_dim != spec["target_dim"]:
         raise IKMDNError(
