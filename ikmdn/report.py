@@ -306,24 +306,18 @@ class _Figures:
         base_label = _kind_label(b)
         title = (f"Bishop's Fig. 15 on arm {arm.name}{'' if self.spatial else self.view}: "
                  f"{base_label} vs {self.model_label} (one arrow scale)")
+        project = self.workspace_of if self.spatial else self.xy
+        t = project(self.targets[:n])
+        panels = [(f"{base_label}: {self.rms_label(b, 'best_mode')}", t,
+                   project(b.answers["best_mode"].reached[:n])),
+                  (f"{self.model_label}, best mode, unrefined: {self.rms_label(m, 'best_mode')}", t,
+                   project(m.answers["best_mode"].reached[:n]))]
+        path = self.out / BASELINE_FIGURES["baseline_quiver"]
         if self.spatial:
-            t = self.workspace_of(self.targets[:n])
-            plots.plot_quiver_views(
-                [(f"{base_label}: {self.rms_label(b, 'best_mode')}", t,
-                  self.workspace_of(b.answers["best_mode"].reached[:n])),
-                 (f"{self.model_label}, best mode, unrefined: {self.rms_label(m, 'best_mode')}", t,
-                  self.workspace_of(m.answers["best_mode"].reached[:n]))],
-                self.out / BASELINE_FIGURES["baseline_quiver"], title,
-                axis_names=self.position_names, workspace=self.workspace3)
+            plots.plot_quiver_views(panels, path, title, axis_names=self.position_names,
+                                    workspace=self.workspace3)
         else:
-            t = self.xy(self.targets[:n])
-            plots.plot_quiver(
-                [(f"{base_label}: {self.rms_label(b, 'best_mode')}", t,
-                  self.xy(b.answers["best_mode"].reached[:n])),
-                 (f"{self.model_label}, best mode, unrefined: {self.rms_label(m, 'best_mode')}", t,
-                  self.xy(m.answers["best_mode"].reached[:n]))],
-                self.out / BASELINE_FIGURES["baseline_quiver"], title,
-                self.axis_names, UNIT, self.workspace)
+            plots.plot_quiver(panels, path, title, self.axis_names, UNIT, self.workspace)
         yield "baseline_quiver"
         answers = {"true joints of the targets": (self.truth, self.targets),
                    base_label: (b.answers["best_mode"].joints, b.answers["best_mode"].reached),

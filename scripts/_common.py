@@ -13,15 +13,21 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "exported_models"
 
 
-def best_time(fn, repeats: int = 5) -> float:
-    """Smallest wall time in seconds of fn() over repeats (after one warm-up call)."""
-    fn()
+def call_times(fn, calls: int, warmup: int = 1) -> list[float]:
+    """Wall times in seconds of `calls` calls of fn(), after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
     times = []
-    for _ in range(repeats):
+    for _ in range(calls):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_time(fn, repeats: int = 5) -> float:
+    """Smallest wall time in seconds of fn() over repeats (after one warm-up call)."""
+    return min(call_times(fn, repeats))
 
 
 def write_results(path: Path, results: dict) -> None:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import ROOT, best_time, write_results
+from _common import ROOT, best_time, call_times, write_results
 
 from ikmdn.export import onnx_bytes
 from ikmdn.runtime import OnnxModel
@@ -30,15 +29,8 @@ BATCHES = (1, 1_000, 10_000, 100_000)
 
 
 def single_call_us(fn, calls: int = 3000) -> float:
-    """Median microseconds of fn() over calls."""
-    for _ in range(100):
-        fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    """Median microseconds of fn() over calls (after 100 warm-up calls)."""
+    return statistics.median(call_times(fn, calls, warmup=100)) * 1e6
 
 
 def main() -> None:
