@@ -1,0 +1,76 @@
+"""The `ikmdn` command group, its error handling and the option types the commands share.
+
+Library errors (IKMDNError) become one-line messages: exit 2 for bad input, 1 for a failed job.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from ikmdn import __version__
+from ikmdn.errors import IKMDNError
+
+
+def default_model() -> Path:
+    """The shipped bishop model: exported_models/bishop.onnx of the source tree (editable
+    installs) or the copy installed as package data (ikmdn.exported_models)."""
+    in_tree = Path(__file__).resolve().parents[2] / "exported_models" / "bishop.onnx"
+    if in_tree.is_file():
+        return in_tree
+    from importlib.resources import files
+
+    try:
+        return Path(str(files("ikmdn.exported_models") / "bishop.onnx"))
+    except ModuleNotFoundError:
+        raise IKMDNError("the shipped model bishop.onnx is not installed; pass --model") from None
+
+
+class _Group(click.Group):
+    """Turns the library's errors into click errors with the right exit status."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except IKMDNError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+        except OSError as exc:  # a path the user gave cannot be read or written
+            error = click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+            error.exit_code = 2
+            raise error from None
+
+
+def positive(ctx, param, value):
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a positive number, got {value}")
+    return value
+
+
+SEED = click.IntRange(min=0)
+THREADS = click.IntRange(min=1, max=1024)
+
+
+def hidden_widths(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        widths = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 128,128,128, "
+                                 f"got {value!r}") from None
+    if not widths or min(widths) <= 0:
+        raise click.BadParameter(f"widths must be positive, got {value!r}")
+    return widths
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ikmdn")
+def cli():
+    """ikmdn: every inverse-kinematics solution of a robot arm, from a mixture density network.
+
+    Example: ikmdn solve 0.6 0.7
+    """

@@ -1,0 +1,140 @@
+"""`ikmdn arms`, `train`, `export` and `info`: arms, training runs and model files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ikmdn.cli._base import SEED, cli, hidden_widths, positive
+
+
+@cli.command("arms")
+def arms_command():
+    """List the preset arms.
+
+    Example: ikmdn arms
+    """
+    from ikmdn.arms import get_arm, list_arms
+
+    for name in list_arms():
+        arm = get_arm(name)
+        limits = ", ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in arm.joint_limits)
+        click.echo(f"{name:<10} {arm.dof} joints, target ({', '.join(arm.target_names)}), "
+                   f"limits (rad) {limits}")
+
+
+@cli.command("train")
+@click.option("--arm", "arm_name", default="bishop", show_default=True,
+              help="Preset arm (see `ikmdn arms`).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Run folder for model.pt, config.json, history.csv, loss.png.")
+@click.option("--samples", type=int, callback=positive,
+              help="Training pairs per epoch (a validation set is drawn on top).")
+@click.option("--components", type=int, callback=positive, help="Mixture components K.")
+@click.option("--epochs", type=int, callback=positive, help="Passes over the data.")
+@click.option("--batch-size", type=int, callback=positive, help="Minibatch size.")
+@click.option("--lr", type=float, callback=positive, help="Peak learning rate (Adam).")
+@click.option("--hidden", callback=hidden_widths, help="Hidden widths, e.g. 128,128,128.")
+@click.option("--activation", type=click.Choice(["relu", "silu", "tanh", "gelu"]))
+@click.option("--seed", type=SEED, help="Seed for data, initialisation and shuffling.")
+@click.option("--device", help="torch device, e.g. cpu or cuda.")
+@click.option("--baseline", is_flag=True,
+              help="Train Bishop's least-squares network (same body, one output) instead.")
+@click.option("--export", "export_path", type=click.Path(path_type=Path),
+              help="Also export the trained model to this .onnx file.")
+@click.option("--force", is_flag=True, help="Overwrite a non-empty --out folder / --export file.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out (its own settings, from last.pt).")
+def train_command(arm_name, out_dir, samples, components, epochs, batch_size, lr, hidden,
+                  activation, seed, device, baseline, export_path, force, resume):
+    """Train an MDN on an arm's inverse kinematics (data made by forward kinematics).
+
+    Defaults are tuned per arm; the best-validation checkpoint is kept, and last.pt lets an
+    interrupted run continue with --resume.
+
+    Example: ikmdn train --arm bishop --out runs/bishop --export bishop.onnx
+    """
+    from ikmdn.outdir import check_output_file, prepare_out_dir
+    from ikmdn.train import default_config, resume_run, train_run
+
+    if export_path is not None:
+        if export_path.suffix != ".onnx":
+            raise click.BadParameter(f"expected a file name ending in .onnx, got {export_path}",
+                                     param_hint="--export")
+        check_output_file(export_path, force)
+    if resume:
+        given = [name for name, value in (("--samples", samples), ("--components", components),
+                                          ("--epochs", epochs), ("--batch-size", batch_size),
+                                          ("--lr", lr), ("--hidden", hidden),
+                                          ("--activation", activation), ("--seed", seed),
+                                          ("--baseline", baseline or None))
+                 if value is not None]
+        if given:
+            raise click.UsageError(f"--resume continues with the run's own settings; drop "
+                                   f"{', '.join(given)}")
+        checkpoint = resume_run(out_dir, on_epoch=lambda r: click.echo(
+            f"epoch {r.epoch}: loss {r.train_loss:.3f}, validation NLL {r.val_nll:.3f}", err=True))
+    else:
+        config = default_config(arm_name, samples=samples, components=components, epochs=epochs,
+                                batch_size=batch_size, lr=lr, hidden=hidden, activation=activation,
+                                seed=seed, device=device,
+                                kind="least_squares" if baseline else None)
+        prepare_out_dir(out_dir, force)  # fail before training, not after
+        with click.progressbar(length=config.epochs, label=f"training {config.kind} on {arm_name}",
+                               file=sys.stderr, show_pos=True,
+                               item_show_func=lambda r: r and f"loss {r.train_loss:.3f} "
+                                                            f"val NLL {r.val_nll:.3f}") as bar:
+            checkpoint = train_run(config, out_dir, force=True,
+                                   on_epoch=lambda r: bar.update(1, r))
+    m = checkpoint.metrics
+    click.echo(f"wrote {out_dir}/model.pt: validation NLL {m['val_nll']:.3f} (epoch {m['epoch']}),"
+               f" best-mode RMS error {m['best_mode_rms']:.2e}, min-over-modes "
+               f"{m['min_over_modes_rms']:.2e} on {m['test_targets']} fresh targets, "
+               f"{m['train_seconds']:.0f} s")
+    if export_path is not None:
+        _export(checkpoint, export_path, force=True)
+
+
+def _export(checkpoint, path: Path, force: bool) -> None:
+    from ikmdn.export import export_onnx
+
+    report = export_onnx(checkpoint, path, force=force)
+    click.echo(f"{report.summary()}: ok")
+    click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@cli.command("export")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="The .onnx file to write.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def export_command(source, output, force):
+    """Export a training run (folder or model.pt) to one self-contained ONNX file.
+
+    Parity with PyTorch is verified before anything is written.
+
+    Example: ikmdn export runs/bishop -o bishop.onnx
+    """
+    from ikmdn.train import load_checkpoint
+
+    if output.suffix != ".onnx":
+        raise click.BadParameter(f"expected a file name ending in .onnx, got {output}",
+                                 param_hint="--output")
+    _export(load_checkpoint(source), output, force)
+
+
+@cli.command("info")
+@click.argument("model", type=click.Path(path_type=Path))
+def info_command(model):
+    """Show what an exported model is: arm, K, training config and metrics.
+
+    Example: ikmdn info exported_models/bishop.onnx
+    """
+    from ikmdn.solve import IKSolver
+
+    m = IKSolver.load(model).model
+    click.echo(json.dumps({"model": str(model), "arm": m.arm.spec(), "components": m.components,
+                           "train": m.train_config, "metrics": m.metrics}, indent=2))
