@@ -46,6 +46,9 @@ class Arm(abc.ABC):
     """
 
     kind: ClassVar[str]
+    # The frames the targets live in, in the names robot descriptions use (None: not stated).
+    base_frame: str | None = None
+    tip_frame: str | None = None
 
     def __init__(self, name: str, joint_limits: Any, target_names: tuple[str, ...],
                  angular_targets: tuple[bool, ...]):
@@ -58,6 +61,19 @@ class Arm(abc.ABC):
         self._limits = limits
         self.target_names = tuple(target_names)
         self.angular_targets = np.array(angular_targets, dtype=bool)
+
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        """Names of the joints, base to tip (generic q1..qn unless the arm states them)."""
+        return getattr(self, "_joint_names", None) or tuple(f"q{i + 1}" for i in range(self.dof))
+
+    @joint_names.setter
+    def joint_names(self, names) -> None:
+        self._joint_names = tuple(names)
+
+    def frames(self) -> str:
+        """'base_frame -> tip_frame' as the arm states them (e.g. 'panda_link0 -> panda_link8')."""
+        return f"{self.base_frame or 'base'} -> {self.tip_frame or 'hand'}"
 
     # -- sizes and limits ------------------------------------------------------------------
     @property
@@ -209,7 +225,9 @@ def register_kind(cls: type[Arm]) -> type[Arm]:
 
 
 def register_preset(name: str, factory: Callable[[], Arm]) -> None:
-    """Make get_arm(name) build an arm with factory()."""
+    """Make get_arm(name) build an arm with factory(); a preset name is never replaced."""
+    if name in _PRESETS:
+        raise IKMDNError(f"a preset arm called {name!r} exists already; give yours another name")
     _PRESETS[name] = factory
 
 

@@ -79,11 +79,13 @@ def dh_arm(name: str, a: Sequence[float], d: Sequence[float], alpha: Sequence[fl
            joint_limits: Any, theta: Sequence[float] | None = None, modified: bool = False,
            prismatic: Sequence[bool] | None = None, flange: Sequence[float] | None = None,
            target: str = "pose", rotation_weight: float = DEFAULT_ROTATION_WEIGHT,
-           joint_names: Sequence[str] | None = None) -> SerialArm:
+           joint_names: Sequence[str] | None = None, base_frame: str | None = None,
+           tip_frame: str | None = None) -> SerialArm:
     """A SerialArm from a DH table (standard, or modified with modified=True); see `dh_chain`."""
     joints, tip = dh_chain(a, d, alpha, theta, modified, prismatic, flange)
     return SerialArm(name, joints, joint_limits, tip=tip, target=target,
-                     rotation_weight=rotation_weight, joint_names=joint_names)
+                     rotation_weight=rotation_weight, joint_names=joint_names,
+                     base_frame=base_frame, tip_frame=tip_frame)
 
 
 # -- presets -------------------------------------------------------------------------------------
@@ -92,25 +94,31 @@ def rrr3() -> SerialArm:
     axes; position targets; up to 4 branches (shoulder left/right x elbow up/down)."""
     return dh_arm("rrr3", a=[0.0, 0.4, 0.35], d=[0.3, 0.0, 0.0], alpha=[PI / 2, 0.0, 0.0],
                   joint_limits=[[-PI, PI]] * 3, target="position",
-                  joint_names=["waist", "shoulder", "elbow"])
+                  joint_names=["waist", "shoulder", "elbow"], base_frame="base", tip_frame="wrist")
 
 
 def ur5() -> SerialArm:
     """Universal Robots UR5 (CB3), standard DH table as published by Universal Robots; pose targets.
 
-    The real joint limits are +-2 pi; this preset trains over [-pi, pi], which loses nothing:
-    every joint is a full turn, so each solution has 2 pi twins. Up to 8 IK branches.
+    Frames: UR's `base` (Rz(180 deg) from ur_description's `base_link`) -> `tool0`, the DH frame
+    6 (the flange, z out of it). The real joint limits are +-2 pi; this preset trains over
+    [-pi, pi], which loses nothing: every joint is a full turn, so each solution has 2 pi twins
+    (`Arm.joint_turns` lists them). Up to 8 IK branches.
     """
     return dh_arm("ur5", a=[0.0, -0.425, -0.39225, 0.0, 0.0, 0.0],
                   d=[0.089159, 0.0, 0.0, 0.10915, 0.09465, 0.0823],
                   alpha=[PI / 2, 0.0, 0.0, PI / 2, -PI / 2, 0.0], joint_limits=[[-PI, PI]] * 6,
                   joint_names=["shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2",
-                               "wrist_3"])
+                               "wrist_3"], base_frame="base", tip_frame="tool0")
 
 
 def panda() -> SerialArm:
     """Franka Emika Panda, Franka's modified-DH table with the flange (d = 0.107 m, no hand),
-    and Franka's published joint limits; pose targets, 7 joints (a continuum of solutions)."""
+    and Franka's published joint limits; pose targets, 7 joints (a continuum of solutions).
+
+    Frames: `panda_link0` -> `panda_link8` (the flange). The hand's TCP (`panda_hand_tcp`, between
+    the fingertips) is 0.1034 m further along z and turned -45 deg about z: train on the URDF with
+    `--tip panda_hand_tcp`, or add `--tool 0 0 0.1034 0.9238795 0 0 -0.3826834` to the flange."""
     return dh_arm("panda", a=[0.0, 0.0, 0.0, 0.0825, -0.0825, 0.0, 0.088],
                   d=[0.333, 0.0, 0.316, 0.0, 0.384, 0.0, 0.0],
                   alpha=[0.0, -PI / 2, PI / 2, PI / 2, -PI / 2, PI / 2, PI / 2],
@@ -118,7 +126,8 @@ def panda() -> SerialArm:
                   joint_limits=[[-2.8973, 2.8973], [-1.7628, 1.7628], [-2.8973, 2.8973],
                                 [-3.0718, -0.0698], [-2.8973, 2.8973], [-0.0175, 3.7525],
                                 [-2.8973, 2.8973]],
-                  joint_names=[f"panda_joint{i}" for i in range(1, 8)])
+                  joint_names=[f"panda_joint{i}" for i in range(1, 8)],
+                  base_frame="panda_link0", tip_frame="panda_link8")
 
 
 register_preset("rrr3", rrr3)

@@ -116,7 +116,13 @@ class SerialArm(Arm):
 
     def __init__(self, name: str, joints: Sequence[Joint], joint_limits: Any, tip: Any = None,
                  target: str = "pose", rotation_weight: float = DEFAULT_ROTATION_WEIGHT,
-                 joint_names: Sequence[str] | None = None):
+                 joint_names: Sequence[str] | None = None, base_frame: str | None = None,
+                 tip_frame: str | None = None, tool: Any = None,
+                 locked: dict[str, float] | None = None):
+        """joints, joint_limits (dof, 2) and tip (4, 4, from the last joint frame to tip_frame)
+        define the chain; tool (4, 4) is a fixed TCP transform after tip_frame (the hand pose is
+        that of the tool point); base_frame, tip_frame and locked (joint name -> value, joints of
+        the description held fixed and folded into the chain) record where the chain came from."""
         if target not in TARGET_MODES:
             raise IKMDNError(f"target must be one of {', '.join(TARGET_MODES)}, got {target!r}")
         if not (math.isfinite(rotation_weight) and rotation_weight > 0):
@@ -130,6 +136,12 @@ class SerialArm(Arm):
             raise IKMDNError(f"{len(joints)} joints need {len(joints)} joint limits, got {self.dof}")
         self.joints = joints
         self.tip = np.eye(4) if tip is None else _transform(tip, "tip")
+        self.tool = np.eye(4) if tool is None else _transform(tool, "tool")
+        self.base_frame = None if base_frame is None else str(base_frame)
+        self.tip_frame = None if tip_frame is None else str(tip_frame)
+        self.locked = {str(k): float(v) for k, v in (locked or {}).items()}
+        if not all(math.isfinite(v) for v in self.locked.values()):
+            raise IKMDNError(f"locked joint values must be finite, got {self.locked}")
         self.target = target
         self.rotation_weight = float(rotation_weight)
         self.joint_names = (tuple(f"joint{i + 1}" for i in range(self.dof)) if joint_names is None
@@ -144,7 +156,7 @@ class SerialArm(Arm):
             c = _z_onto(joint.axis)
             fixed.append(prev.T @ joint.origin @ c)
             prev = c
-        fixed.append(prev.T @ self.tip)
+        fixed.append(prev.T @ self.tip @ self.tool)
         # Rounding residue such as cos(pi / 2) = 6e-17 becomes 0, so the walk skips those terms;
         # Python floats scale numpy arrays and torch tensors alike.
         self._fixed = [np.where(np.abs(f) < _SNAP, 0.0, f).tolist() for f in fixed]
@@ -317,6 +329,10 @@ class SerialArm(Arm):
             "joint_names": list(self.joint_names),
             "joints": [j.to_dict() for j in self.joints],
             "tip": self.tip.tolist(),
+            "tool": self.tool.tolist(),
+            "base_frame": self.base_frame,
+            "tip_frame": self.tip_frame,
+            "locked": dict(self.locked),
         }
 
     @classmethod
@@ -325,7 +341,9 @@ class SerialArm(Arm):
         return cls(name, joints, joint_limits, tip=params.get("tip"),
                    target=params.get("target", "pose"),
                    rotation_weight=params.get("rotation_weight", DEFAULT_ROTATION_WEIGHT),
-                   joint_names=params.get("joint_names"))
+                   joint_names=params.get("joint_names"), base_frame=params.get("base_frame"),
+                   tip_frame=params.get("tip_frame"), tool=params.get("tool"),
+                   locked=params.get("locked"))
 
 
 # -- pose targets from user input ---------------------------------------------------------------
