@@ -20,16 +20,20 @@ OUTPUT_NAMES = ("weights", "means", "sigmas")
 METADATA_KEYS = ("ikmdn.format", "ikmdn.version", "ikmdn.arm", "ikmdn.train", "ikmdn.metrics")
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
     """Options for a small MLP: sequential execution, full graph optimisation, quiet logs.
 
     threads: intra-op threads (None lets ONNX Runtime choose, one per physical core).
+    spinning: let idle intra-op threads spin-wait for work (onnxruntime's own default). Off by
+    default: on a shared machine spinning threads steal the cores other work needs
+    (scripts/bench_threads.py).
     """
     options = ort.SessionOptions()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if threads is not None:
         if threads < 1:
             raise IKMDNError(f"threads must be a positive integer, got {threads}")
@@ -52,7 +56,7 @@ class OnnxModel:
     """
 
     def __init__(self, model: str | Path | bytes, threads: int | None = None,
-                 source: str | None = None):
+                 source: str | None = None, spinning: bool = False):
         if isinstance(model, bytes):
             self.source = source or "<bytes>"
         else:
@@ -62,7 +66,7 @@ class OnnxModel:
                 raise IKMDNError(f"model file {path} does not exist")
             model = str(path)
         try:
-            self.session = ort.InferenceSession(model, session_options(threads),
+            self.session = ort.InferenceSession(model, session_options(threads, spinning),
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -8,6 +8,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,12 @@ class TrainConfig:
     fresh ones every epoch); the validation set (val_fraction x samples, at most 50,000) is drawn
     on top from its own stream. wrap_joints: joints that turn a full circle get a wrapped Gaussian
     (False: a plain Gaussian, for comparison in scripts/bench_wrapping.py).
+
+    arm: a preset name, an Arm (kept as its JSON spec, so the run needs no URDF file later) or
+    such a spec.
     """
 
-    arm: str = "bishop"
+    arm: str | dict[str, Any] = "bishop"
     samples: int = 200_000
     components: int = 4
     hidden: tuple[int, ...] = (128, 128, 128)
@@ -55,6 +59,9 @@ class TrainConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
+        if isinstance(self.arm, Arm):
+            self.arm = self.arm.spec()
+        self.build_arm()  # a name or spec that makes no arm fails here, before any work
         self.hidden = tuple(int(h) for h in self.hidden)
         for name in ("samples", "components", "epochs", "batch_size"):
             if int(getattr(self, name)) <= 0:
@@ -67,6 +74,19 @@ class TrainConfig:
             raise IKMDNError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.kind == "least_squares":
             self.components = 1  # the conditional mean: one output per joint
+
+    def build_arm(self) -> Arm:
+        """The arm this run trains on: the preset called `arm`, or the arm its spec describes."""
+        if isinstance(self.arm, str):
+            return get_arm(self.arm)
+        if isinstance(self.arm, dict):
+            return arm_from_spec(self.arm)
+        raise IKMDNError(f"arm must be a preset name, an Arm or an arm spec, got {type(self.arm).__name__}")
+
+    @property
+    def arm_name(self) -> str:
+        """The arm's name (the preset's, or the one its spec gives)."""
+        return self.arm if isinstance(self.arm, str) else str(self.arm.get("name"))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -90,25 +110,42 @@ class TrainConfig:
                          periodic_outputs=tuple(arm.continuous_joints & self.wrap_joints))
 
 
-# Defaults chosen by scripts/bench_train.py on a 2-core CPU (see README, "Results").
-_SPATIAL = {"hidden": (256, 256, 256, 256), "components": 32, "samples": 1_500_000, "epochs": 12,
-            "batch_size": 1024, "lr": 1e-3, "resample": True}
-ARM_DEFAULTS: dict[str, dict[str, Any]] = {
-    "bishop": {"components": 2},
-    "planar2": {"components": 8},
-    "planar3": {"components": 8},
-    "rrr3": {"hidden": (256, 256, 256), "components": 8, "samples": 500_000, "epochs": 16,
-             "batch_size": 1024, "resample": True},
-    "ur5": _SPATIAL,
-    "panda": _SPATIAL,
-}
+# Defaults chosen by scripts/bench_train.py on a 2-core CPU (see README, "Results"), by the
+# arm's properties, never its name: a preset and the same arm from a URDF file train alike.
+SMALL_DEFAULTS: dict[str, Any] = {}   # planar-sized arms: TrainConfig's own defaults
+POSITION_CHAIN_DEFAULTS: dict[str, Any] = {"hidden": (256, 256, 256), "components": 8,
+                                           "samples": 500_000, "epochs": 16, "batch_size": 1024,
+                                           "resample": True}
+POSE_CHAIN_DEFAULTS: dict[str, Any] = {"hidden": (256, 256, 256, 256), "components": 32,
+                                       "samples": 1_500_000, "epochs": 12, "batch_size": 1024,
+                                       "lr": 1e-3, "resample": True}
 
 
-def default_config(arm: str, **overrides: Any) -> TrainConfig:
-    """The default TrainConfig for a preset arm, with overrides (None values ignored)."""
-    get_arm(arm)  # validates the name
-    values = {**ARM_DEFAULTS.get(arm, {}), **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(arm=arm, **values)
+def arm_defaults(arm: Arm) -> dict[str, Any]:
+    """Training settings that suit arm, chosen from its properties:
+
+    - 6-D pose targets, or 6 joints and more (many branches, or a redundant continuum): a wide,
+      deep network with K = 32 on fresh data every epoch (bishop -> ur5-sized, ~15 min on 2 cores);
+    - a 3-D position chain (up to 4 shoulder/elbow branches): 3 x 256, K = 8, fresh data;
+    - planar-sized arms: 3 x 128 on a fixed 200,000 pairs; K = 8 when a joint turns a full
+      circle (branches and the wrap of each joint), else K = 2 (Bishop's limited arm: 2 branches).
+    """
+    if arm.pose_targets or arm.dof >= 6:
+        return dict(POSE_CHAIN_DEFAULTS)
+    if arm.residual_dim == 3 and arm.target_dim == 3 and not arm.angular_targets.any() \
+            and arm.kind != "planar":
+        return dict(POSITION_CHAIN_DEFAULTS)
+    return {**SMALL_DEFAULTS, "components": 8 if arm.continuous_joints.any() else 2}
+
+
+def default_config(arm: str | Arm, **overrides: Any) -> TrainConfig:
+    """The default TrainConfig for arm (a preset name or an Arm), with overrides (None values
+    ignored): see arm_defaults."""
+    built = get_arm(arm) if isinstance(arm, str) else arm
+    if not isinstance(built, Arm):
+        raise IKMDNError(f"arm must be a preset name or an Arm, got {type(arm).__name__}")
+    values = {**arm_defaults(built), **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(arm=arm if isinstance(arm, str) else built.spec(), **values)
 
 
 @dataclass
@@ -336,7 +373,7 @@ def write_history(path: Path, history: list[EpochRecord]) -> None:
 
 
 def _trainer_for(config: TrainConfig) -> tuple[Arm, Trainer]:
-    arm = get_arm(config.arm)
+    arm = config.build_arm()
     stream = ArmStream(arm, config.samples, config.seed, resample=config.resample)
     n_val = min(MAX_VALIDATION, max(1000, round(config.val_fraction * config.samples)))
     return arm, Trainer(build_model(arm, config), stream, stream.validation(n_val), config)
@@ -351,18 +388,23 @@ def _save_last(trainer: Trainer, arm: Arm, path: Path) -> None:
 
 
 def train_run(config: TrainConfig, out_dir: str | Path, force: bool = False,
-              on_epoch: ProgressCallback | None = None) -> Checkpoint:
+              on_epoch: ProgressCallback | None = None, threads: int | None = None) -> Checkpoint:
     """Train on pairs made by forward kinematics; write model.pt (best validation weights and
     their metrics: validation NLL, best-mode and min-over-modes RMS error on 5,000 fresh targets),
-    last.pt (state to resume), config.json, history.csv and loss.png to out_dir."""
+    last.pt (state to resume), config.json, history.csv and loss.png to out_dir.
+
+    threads: torch CPU threads for this run (None: torch's default); see `torch_threads`."""
     out = prepare_out_dir(out_dir, force)
-    arm, trainer = _trainer_for(config)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    return _run(trainer, arm, out, on_epoch)
+    with torch_threads(threads):
+        arm, trainer = _trainer_for(config)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        return _run(trainer, arm, out, on_epoch)
 
 
-def resume_run(out_dir: str | Path, on_epoch: ProgressCallback | None = None) -> Checkpoint:
-    """Continue the training run in out_dir from its last.pt, with its own config."""
+def resume_run(out_dir: str | Path, on_epoch: ProgressCallback | None = None,
+               threads: int | None = None) -> Checkpoint:
+    """Continue the training run in out_dir from its last.pt, with its own config (its arm spec
+    included: no URDF file is needed)."""
     path = Path(out_dir) / LAST_NAME
     if not path.is_file():
         raise IKMDNError(f"cannot resume: {path} does not exist (was {out_dir} made by ikmdn train?)")
@@ -371,9 +413,29 @@ def resume_run(out_dir: str | Path, on_epoch: ProgressCallback | None = None) ->
         config = TrainConfig.from_dict(json.loads(state["train_config"]))
     except (KeyError, json.JSONDecodeError, RuntimeError, OSError) as exc:
         raise IKMDNError(f"cannot resume from {path}: {exc}") from None
-    arm, trainer = _trainer_for(config)
-    trainer.load_state_dict(state)
-    return _run(trainer, arm, Path(out_dir), on_epoch)
+    with torch_threads(threads):
+        arm, trainer = _trainer_for(config)
+        trainer.load_state_dict(state)
+        return _run(trainer, arm, Path(out_dir), on_epoch)
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run a block with torch.set_num_threads(threads) (None: unchanged), restored afterwards.
+
+    On a shared 2-core machine spin-waiting OpenMP threads make 2 threads slower than 1 when
+    another job runs (scripts/bench_threads.py); `ikmdn train` therefore sets
+    OMP_WAIT_POLICY=PASSIVE before torch loads, which keeps 2 threads at least as fast as 1.
+    """
+    if threads is not None and threads < 1:
+        raise IKMDNError(f"threads must be a positive integer, got {threads}")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run(trainer: Trainer, arm: Arm, out: Path, on_epoch: ProgressCallback | None) -> Checkpoint:

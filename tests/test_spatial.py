@@ -252,9 +252,9 @@ def test_urdf_errors_name_the_problem(change, message):
         parse_urdf(text, "tool")
 
 
-def test_urdf_base_must_be_an_ancestor_and_file_must_exist(tmp_path):
-    with pytest.raises(IKMDNError, match="not an ancestor"):
-        load_urdf(DATA / "small_chain.urdf", "tool", base_link="camera")
+def test_urdf_base_must_be_fixed_to_the_chain_and_file_must_exist(tmp_path):
+    with pytest.raises(IKMDNError, match="moves relative to tip"):
+        load_urdf(DATA / "small_chain.urdf", "camera", base_link="tool")
     with pytest.raises(IKMDNError, match="cannot read URDF"):
         load_urdf(tmp_path / "missing.urdf", "tool")
 

@@ -4,8 +4,8 @@ from ikmdn.arms.base import Arm, arm_from_spec, get_arm, list_arms, wrap_angle
 from ikmdn.arms.dh import dh_arm
 from ikmdn.arms.planar import PlanarArm
 from ikmdn.arms.serial import SerialArm, pose_targets, poses_to_targets, targets_to_poses
-from ikmdn.arms.urdf import load_urdf, parse_urdf
+from ikmdn.arms.urdf import UrdfTree, describe_urdf, load_urdf, parse_urdf, tool_transform
 
-__all__ = ["Arm", "PlanarArm", "SerialArm", "arm_from_spec", "dh_arm", "get_arm", "list_arms",
-           "load_urdf", "parse_urdf", "pose_targets", "poses_to_targets", "targets_to_poses",
-           "wrap_angle"]
+__all__ = ["Arm", "PlanarArm", "SerialArm", "UrdfTree", "arm_from_spec", "describe_urdf", "dh_arm",
+           "get_arm", "list_arms", "load_urdf", "parse_urdf", "pose_targets", "poses_to_targets",
+           "targets_to_poses", "tool_transform", "wrap_angle"]

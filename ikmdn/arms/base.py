@@ -99,8 +99,19 @@ class Arm(abc.ABC):
 
     @property
     def continuous_joints(self) -> np.ndarray:
-        """(dof,) bool: joints whose range spans a full turn, so angles wrap instead of clip."""
+        """(dof,) bool: joints whose range spans a full turn or more (UR's +-2 pi, URDF continuous
+        joints): their angles are periodic, learned and compared modulo 2 pi."""
         return (self._limits[:, 1] - self._limits[:, 0]) >= TWO_PI - 1e-9
+
+    @property
+    def multi_turn_joints(self) -> np.ndarray:
+        """(dof,) bool: joints whose range exceeds one turn, so one angle has several in-limit turns."""
+        return (self._limits[:, 1] - self._limits[:, 0]) > TWO_PI + 1e-9
+
+    @property
+    def home(self) -> np.ndarray:
+        """(dof,) the middle of each joint's range: the default reference for choosing turns."""
+        return self._limits.mean(axis=1)
 
     def sample_joints(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Joints (n, dof) drawn uniformly within the limits."""
@@ -108,26 +119,57 @@ class Arm(abc.ABC):
         return lo + (hi - lo) * rng.random((n, self.dof))
 
     def within_limits(self, q: np.ndarray, atol: float = 1e-9) -> np.ndarray:
-        """(N,) bool: every joint of q (N, dof) lies within its limits (continuous joints always do)."""
+        """(N,) bool: every joint of q (N, dof) lies within its limits. A joint with exactly one
+        turn of range (a URDF continuous joint) has no real limit; a multi-turn joint (UR's
+        +-2 pi) must lie within its real limits."""
         q = np.asarray(q, dtype=np.float64)
         ok = (q >= self._limits[:, 0] - atol) & (q <= self._limits[:, 1] + atol)
-        return np.all((ok | self.continuous_joints) & np.isfinite(q), axis=-1)
+        free = self.continuous_joints & ~self.multi_turn_joints
+        return np.all((ok | free) & np.isfinite(q), axis=-1)
 
-    def wrap_joints(self, q: np.ndarray, axis: int = -1) -> np.ndarray:
-        """Joints with continuous joints wrapped into [lo, lo + 2 pi); others as given.
+    def wrap_joints(self, q: np.ndarray, axis: int = -1, reference=None) -> np.ndarray:
+        """Joints with each periodic joint moved by whole turns to the in-limit value nearest the
+        reference (default `home`, the middle of the range: for +-pi and +-2 pi joints the value
+        in [-pi, pi)); other joints as given.
 
-        q is (..., dof), or (dof, ...) with axis=0 (the component-major layout of refinement).
+        q is (..., dof), or (dof, ...) with axis=0 (the component-major layout of refinement);
+        reference is (dof,) or shaped like q.
         """
         out = np.array(q, dtype=np.float64)
         cont = np.flatnonzero(self.continuous_joints)
         if cont.size:
-            lo = self._per_joint(self._limits[cont, 0], axis, out.ndim)
             pick = (cont,) if axis == 0 else (..., cont)
-            out[pick] = lo + (out[pick] - lo) % TWO_PI
+            lo = self._per_joint(self._limits[cont, 0], axis, out.ndim)
+            hi = self._per_joint(self._limits[cont, 1], axis, out.ndim)
+            if reference is None:
+                ref = self._per_joint(self.home[cont], axis, out.ndim)
+            else:
+                ref = np.asarray(reference, dtype=np.float64)
+                ref = (self._per_joint(ref[cont], axis, out.ndim) if ref.ndim == 1 else ref[pick])
+            v = ref + (out[pick] - ref + math.pi) % TWO_PI - math.pi   # nearest turn to ref
+            v = np.where(v > hi, v - TWO_PI, np.where(v < lo, v + TWO_PI, v))  # back into limits
+            out[pick] = v
         return out
 
+    def joint_turns(self, q) -> np.ndarray:
+        """Every in-limit turn of joints q (dof,): (T, dof), the joints with more than one turn
+        of range taking each of their in-limit values q_j + 2 pi k (all combinations)."""
+        q = np.asarray(q, dtype=np.float64)
+        if q.shape != (self.dof,) or not np.all(np.isfinite(q)):
+            raise IKMDNError(f"joints must be {self.dof} finite numbers, got shape {q.shape}")
+        options = []
+        for j, value in enumerate(q):
+            if not self.continuous_joints[j]:
+                options.append([value])
+                continue
+            lo, hi = self._limits[j]
+            first = value + TWO_PI * math.ceil((lo - 1e-12 - value) / TWO_PI)
+            options.append(list(np.arange(first, hi + 1e-12, TWO_PI)) or [value])
+        grids = np.meshgrid(*options, indexing="ij")
+        return np.stack([g.ravel() for g in grids], axis=1)
+
     def project_to_limits(self, q: np.ndarray, axis: int = -1) -> np.ndarray:
-        """Joints: continuous joints wrapped into [lo, lo + 2 pi), others clipped (see wrap_joints)."""
+        """Joints: periodic joints on the turn nearest `home` (see wrap_joints), others clipped."""
         out = self.wrap_joints(q, axis)
         bounded = np.flatnonzero(~self.continuous_joints)
         if bounded.size:

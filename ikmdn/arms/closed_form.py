@@ -36,7 +36,7 @@ def _into_limits(arm: Arm, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     shifted = lo + (q - lo) % TWO_PI          # the representative in [lo, lo + 2 pi)
     shifted = np.where(shifted > hi + 1e-12, shifted - TWO_PI, shifted)  # nearer the lower limit
     ok = np.all((shifted >= lo - 1e-12) & (shifted <= hi + 1e-12), axis=-1)
-    return np.where(arm.continuous_joints, lo + (q - lo) % TWO_PI, shifted), ok
+    return np.where(arm.continuous_joints, arm.wrap_joints(q), shifted), ok
 
 
 def closed_form_ik(arm: Arm, targets) -> tuple[np.ndarray, np.ndarray]:

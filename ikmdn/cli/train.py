@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from ikmdn.cli._base import SEED, cli, hidden_widths, positive
+from ikmdn.cli._base import SEED, THREADS, cli, hidden_widths, positive
 
 
 @cli.command("arms")
@@ -23,12 +25,55 @@ def arms_command():
         arm = get_arm(name)
         limits = ", ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in arm.joint_limits)
         click.echo(f"{name:<10} {arm.dof} joints, target ({', '.join(arm.target_names)}), "
-                   f"limits (rad) {limits}")
+                   f"frames {arm.frames()}, limits (rad) {limits}")
+
+
+def _lock(ctx, param, values):
+    """--lock JOINT=VALUE (repeatable) -> {joint: value}."""
+    locked = {}
+    for text in values:
+        name, sep, value = text.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not name or number is None or not math.isfinite(number):
+            raise click.BadParameter(f"expected JOINT=VALUE with a finite number, got {text!r}")
+        if name in locked:
+            raise click.BadParameter(f"joint {name!r} is locked twice")
+        locked[name] = number
+    return locked
+
+
+URDF_ONLY = ("--tip", "--base", "--tool", "--lock", "--name")
+
+
+def _urdf_arm(urdf, tip, base, tool, lock, name):
+    """The Arm of --urdf and its frame options; usage errors for options that need --urdf."""
+    from ikmdn.arms import load_urdf
+    from ikmdn.arms.urdf import tool_transform
+
+    if urdf is None:
+        given = [opt for opt, v in zip(URDF_ONLY, (tip, base, tool, lock, name), strict=True) if v]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only go with --urdf FILE")
+        return None
+    return load_urdf(urdf, tip, base_link=base, name=name,
+                     tool=None if tool is None else tool_transform(tool), lock=lock)
 
 
 @cli.command("train")
-@click.option("--arm", "arm_name", default="bishop", show_default=True,
-              help="Preset arm (see `ikmdn arms`).")
+@click.option("--arm", "arm_name", help="Preset arm (see `ikmdn arms`) [default: bishop].")
+@click.option("--urdf", type=click.Path(path_type=Path, dir_okay=False),
+              help="Train on your robot: a URDF file (expanded, not .xacro); needs --tip "
+                   "(`ikmdn urdf FILE` lists the links).")
+@click.option("--tip", help="URDF link the targets refer to (the hand, flange or TCP).")
+@click.option("--base", help="URDF link the targets are given in [default: the root link].")
+@click.option("--tool", type=float, nargs=7, default=None, metavar="X Y Z QW QX QY QZ",
+              help="Fixed tool (TCP) transform after --tip: metres and a unit quaternion.")
+@click.option("--lock", multiple=True, callback=_lock, metavar="JOINT=VALUE",
+              help="Hold a URDF joint at a value (rad or m), e.g. a gripper finger; repeatable.")
+@click.option("--name", help="Name of the URDF arm [default: the robot's name].")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder for model.pt, config.json, history.csv, loss.png.")
 @click.option("--samples", type=int, callback=positive,
@@ -48,15 +93,26 @@ def arms_command():
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out folder / --export file.")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out (its own settings, from last.pt).")
-def train_command(arm_name, out_dir, samples, components, epochs, batch_size, lr, hidden,
-                  activation, seed, device, baseline, export_path, force, resume):
+@click.option("--threads", type=THREADS,
+              help="torch CPU threads [default: torch's, one per core; idle threads sleep].")
+def train_command(arm_name, urdf, tip, base, tool, lock, name, out_dir, samples, components,
+                  epochs, batch_size, lr, hidden, activation, seed, device, baseline, export_path,
+                  force, resume, threads):
     """Train an MDN on an arm's inverse kinematics (data made by forward kinematics).
 
-    Defaults are tuned per arm; the best-validation checkpoint is kept, and last.pt lets an
-    interrupted run continue with --resume.
+    The arm is a preset (--arm) or your robot (--urdf FILE --tip LINK). Defaults follow the
+    arm's properties (joints, target kind, joint ranges); the best-validation checkpoint is kept,
+    and last.pt lets an interrupted run continue with --resume. The arm's whole description is
+    stored in the run and the exported model: no URDF file is needed afterwards.
 
     Example: ikmdn train --arm bishop --out runs/bishop --export bishop.onnx
+
+    Example: ikmdn train --urdf ur5.urdf --base base --tip tool0 --out runs/ur5 --export ur5.onnx
     """
+    # Sleeping, not spinning, OpenMP threads (read when torch loads): see bench_threads.py.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if arm_name is not None and urdf is not None:
+        raise click.UsageError("give --arm or --urdf, not both")
     from ikmdn.outdir import check_output_file, prepare_out_dir
     from ikmdn.train import default_config, resume_run, train_run
 
@@ -75,20 +131,25 @@ def train_command(arm_name, out_dir, samples, components, epochs, batch_size, lr
         if given:
             raise click.UsageError(f"--resume continues with the run's own settings; drop "
                                    f"{', '.join(given)}")
+        if arm_name is not None or urdf is not None:
+            raise click.UsageError("--resume continues the run's own arm; drop --arm/--urdf")
         checkpoint = resume_run(out_dir, on_epoch=lambda r: click.echo(
-            f"epoch {r.epoch}: loss {r.train_loss:.3f}, validation NLL {r.val_nll:.3f}", err=True))
+            f"epoch {r.epoch}: loss {r.train_loss:.3f}, validation NLL {r.val_nll:.3f}", err=True),
+            threads=threads)
     else:
-        config = default_config(arm_name, samples=samples, components=components, epochs=epochs,
+        arm = _urdf_arm(urdf, tip, base, tool, lock, name) or (arm_name or "bishop")
+        config = default_config(arm, samples=samples, components=components, epochs=epochs,
                                 batch_size=batch_size, lr=lr, hidden=hidden, activation=activation,
                                 seed=seed, device=device,
                                 kind="least_squares" if baseline else None)
         prepare_out_dir(out_dir, force)  # fail before training, not after
-        with click.progressbar(length=config.epochs, label=f"training {config.kind} on {arm_name}",
+        with click.progressbar(length=config.epochs,
+                               label=f"training {config.kind} on {config.arm_name}",
                                file=sys.stderr, show_pos=True,
                                item_show_func=lambda r: r and f"loss {r.train_loss:.3f} "
                                                             f"val NLL {r.val_nll:.3f}") as bar:
             checkpoint = train_run(config, out_dir, force=True,
-                                   on_epoch=lambda r: bar.update(1, r))
+                                   on_epoch=lambda r: bar.update(1, r), threads=threads)
     m = checkpoint.metrics
     click.echo(f"wrote {out_dir}/model.pt: validation NLL {m['val_nll']:.3f} (epoch {m['epoch']}),"
                f" best-mode RMS error {m['best_mode_rms']:.2e}, min-over-modes "
@@ -136,5 +197,7 @@ def info_command(model):
     from ikmdn.solve import IKSolver
 
     m = IKSolver.load(model).model
-    click.echo(json.dumps({"model": str(model), "arm": m.arm.spec(), "components": m.components,
+    click.echo(json.dumps({"model": str(model), "frames": m.arm.frames(),
+                           "joint_names": list(m.arm.joint_names), "arm": m.arm.spec(),
+                           "components": m.components,
                            "train": m.train_config, "metrics": m.metrics}, indent=2))
