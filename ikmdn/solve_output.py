@@ -6,6 +6,7 @@ Each writer takes batches of Solutions and streams them, so output size never bo
 
 from __future__ import annotations
 
+import csv
 import json
 import tempfile
 from collections.abc import Iterable
@@ -14,11 +15,14 @@ from typing import TextIO
 
 import numpy as np
 
+from ikmdn.arms import Arm
+from ikmdn.arms.rotations import matrix_to_quat, sixd_to_matrix
 from ikmdn.errors import IKMDNError
 from ikmdn.outdir import check_output_file
 from ikmdn.solve import Solutions
 
 FORMATS = ("table", "json", "csv")
+POSE_INPUT = ("x", "y", "z", "qw", "qx", "qy", "qz")  # how pose targets are typed and printed
 
 
 def _candidate_indices(sol: Solutions, i: int, best: bool) -> list[int]:
@@ -32,29 +36,49 @@ def _fmt(values) -> str:
     return ", ".join(f"{v:.6f}" for v in values)
 
 
-def write_table(out: TextIO, header: str, batches: Iterable[Solutions], best: bool,
-                target_names: tuple[str, ...]) -> None:
-    """Human-readable: one block per target, one line per distinct candidate."""
+def display_coordinates(arm: Arm, values: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """(names, values (..., m)) of targets or reached targets (..., target_dim) as people write
+    them: pose arms as position and unit quaternion (x, y, z, qw, qx, qy, qz), w >= 0; other arms
+    as their target coordinates."""
+    values = np.asarray(values, dtype=np.float64)
+    if not arm.pose_targets:
+        return arm.target_names, values
+    flat = values.reshape(-1, values.shape[-1])
+    quats = matrix_to_quat(sixd_to_matrix(flat[:, 3:9])) if len(flat) else np.zeros((0, 4))
+    return POSE_INPUT, np.concatenate([flat[:, :3], quats], axis=1).reshape(*values.shape[:-1], 7)
+
+
+def write_table(out: TextIO, header: str, batches: Iterable[Solutions], best: bool, arm: Arm) -> None:
+    """Human-readable: one block per target, one line per distinct candidate (pose arms add the
+    reached position and quaternion and the rotation error)."""
     out.write(header + "\n")
+    out.write(f"joints: {', '.join(arm.joint_names)} (frames {arm.frames()})\n")
     for sol in batches:
+        names, targets = display_coordinates(arm, sol.targets)
+        _, reached = display_coordinates(arm, sol.positions)
         for i in range(len(sol)):
             status = "reachable" if sol.reachable[i] else "NOT reachable (closest candidates shown)"
-            coords = ", ".join(f"{n}={v:.6g}" for n, v in zip(target_names, sol.targets[i], strict=True))
+            coords = ", ".join(f"{n}={v:.6g}" for n, v in zip(names, targets[i], strict=True))
             out.write(f"\ntarget ({coords}): {status}\n")
-            out.write(f"  {'#':>2}  {'weight':>7}  {'joints (rad)':<40} {'error':>9}  limits\n")
+            extra = f"  {'reached x y z (m), qw qx qy qz':<52} {'rot err':>9}" if sol.pose else ""
+            out.write(f"  {'#':>2}  {'weight':>7}  {'joints (rad)':<40} {'error':>9}  limits{extra}\n")
             for rank, k in enumerate(_candidate_indices(sol, i, best), start=1):
                 ok = "ok" if sol.within_limits[i, k] else "OUTSIDE"
                 joints = f"[{_fmt(sol.joints[i, k])}]"
-                out.write(f"  {rank:>2}  {sol.weights[i, k]:7.4f}  {joints:<40} "
-                          f"{sol.errors[i, k]:9.2e}  {ok}\n")
+                line = (f"  {rank:>2}  {sol.weights[i, k]:7.4f}  {joints:<40} "
+                        f"{sol.errors[i, k]:9.2e}  {ok:<7}")
+                if sol.pose:
+                    pose = " ".join(f"{v:.4f}" for v in reached[i, k])
+                    line += f"  {pose:<52} {np.degrees(sol.rotation_errors[i, k]):7.1e} deg"
+                out.write(line.rstrip() + "\n")
 
 
-def write_json(out: TextIO, model: str, arm: str, batches: Iterable[Solutions], best: bool) -> None:
-    """{"model", "arm", "solutions": [{"target", "reachable", "candidates": [...]}, ...]}.
+def write_json(out: TextIO, model: str, arm: Arm, batches: Iterable[Solutions], best: bool) -> None:
+    """{"model", "arm", "joint_names", "solutions": [{"target", "reachable", "candidates": [...]}, ...]}.
 
     With fallback seeds enabled (spatial arms) each solution also says "fallback": bool."""
-    out.write('{"model": ' + json.dumps(model) + ', "arm": ' + json.dumps(arm)
-              + ', "solutions": [')
+    out.write('{"model": ' + json.dumps(model) + ', "arm": ' + json.dumps(arm.name)
+              + ', "joint_names": ' + json.dumps(list(arm.joint_names)) + ', "solutions": [')
     first = True
     for sol in batches:
         for i in range(len(sol)):
@@ -67,22 +91,32 @@ def write_json(out: TextIO, model: str, arm: str, batches: Iterable[Solutions], 
     out.write("\n]}\n")
 
 
-def write_csv(out: TextIO, batches: Iterable[Solutions], best: bool,
-              target_names: tuple[str, ...], dof: int) -> None:
-    """One row per distinct candidate: target index and coordinates, rank, weight, joints, error."""
-    header = (["target", *target_names, "reachable", "rank", "weight"]
-              + [f"q{j}" for j in range(dof)] + ["error", "within_limits"])
-    out.write(",".join(header) + "\n")
+def write_csv(out: TextIO, batches: Iterable[Solutions], best: bool, arm: Arm) -> None:
+    """One row per distinct candidate: target index and coordinates, rank, weight, joints (columns
+    named after the arm's joints), error, within_limits, the reached target (pose arms: position
+    and quaternion, and the rotation error in degrees)."""
+    names = display_coordinates(arm, np.zeros((0, arm.target_dim)))[0]
+    pose = arm.pose_targets
+    header = (["target", *names, "reachable", "rank", "weight", *arm.joint_names, "error"]
+              + (["rotation_error_deg"] if pose else []) + ["within_limits"]
+              + [f"reached_{n}" for n in names])
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
     offset = 0
     for sol in batches:
+        _, targets = display_coordinates(arm, sol.targets)
+        _, reached = display_coordinates(arm, sol.positions)
         for i in range(len(sol)):
             for rank, k in enumerate(_candidate_indices(sol, i, best), start=1):
-                row = ([str(offset + i)] + [repr(float(v)) for v in sol.targets[i]]
+                row = ([str(offset + i)] + [repr(float(v)) for v in targets[i]]
                        + [str(bool(sol.reachable[i])).lower(), str(rank),
                           repr(float(sol.weights[i, k]))]
                        + [repr(float(v)) for v in sol.joints[i, k]]
-                       + [repr(float(sol.errors[i, k])), str(bool(sol.within_limits[i, k])).lower()])
-                out.write(",".join(row) + "\n")
+                       + [repr(float(sol.errors[i, k]))]
+                       + ([repr(float(np.degrees(sol.rotation_errors[i, k])))] if pose else [])
+                       + [str(bool(sol.within_limits[i, k])).lower()]
+                       + [repr(float(v)) for v in reached[i, k]])
+                writer.writerow(row)
         offset += len(sol)
 
 

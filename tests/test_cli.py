@@ -14,7 +14,7 @@ from conftest import workspace_targets
 from ikmdn.arms import list_arms
 from ikmdn.cli import cli
 
-CONTRACT_TOP = {"model", "arm", "solutions"}
+CONTRACT_TOP = {"model", "arm", "joint_names", "solutions"}
 CONTRACT_SOLUTION = {"target", "reachable", "candidates"}
 CONTRACT_CANDIDATE = {"joints", "weight", "sigma", "position", "error", "within_limits"}
 NPZ_ARRAYS = {"targets", "joints", "weights", "sigmas", "positions", "errors", "rotation_errors",
@@ -122,8 +122,10 @@ def test_solve_json_best(model, tmp_path, bishop_targets):
 def test_solve_csv(model):
     result = assert_ok(invoke("solve", "--model", model, "0.8", "0.4", "--format", "csv"))
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["target", "x", "y", "reachable", "rank", "weight", "q0", "q1", "error",
-                             "within_limits"]
+    assert list(rows[0]) == ["target", "x", "y", "reachable", "rank", "weight", "q1", "q2", "error",
+                             "within_limits", "reached_x", "reached_y"]  # joint names of the arm
+    assert any(abs(float(r["reached_x"]) - 0.8) < 1e-6 and abs(float(r["reached_y"]) - 0.4) < 1e-6
+               and float(r["error"]) < 1e-6 for r in rows)
     assert 1 <= len(rows) <= 3
     assert [r["rank"] for r in rows] == [str(i) for i in range(1, len(rows) + 1)]
     assert all(r["target"] == "0" and float(r["x"]) == 0.8 and float(r["y"]) == 0.4 for r in rows)
@@ -512,7 +514,8 @@ def test_arms_command():
 def test_info(trained_models):
     path = trained_models("planar3").onnx_path
     info = json.loads(assert_ok(invoke("info", path)).stdout)
-    assert set(info) == {"model", "arm", "components", "train", "metrics"}
+    assert set(info) == {"model", "frames", "joint_names", "arm", "components", "train", "metrics"}
+    assert info["frames"] == "base -> hand" and info["joint_names"] == ["q1", "q2", "q3"]
     assert info["arm"]["name"] == "planar3" and info["arm"]["target_dim"] == 3
     assert "best_mode_rms" in info["metrics"]
 

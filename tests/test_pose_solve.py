@@ -143,3 +143,35 @@ def test_fallback_seeds_rescue_targets_no_mode_solves(monkeypatch):
     k = rescued.best_index[fixed]
     assert np.all(rescued.weights[fixed, k] == 0)
     assert np.all(rescued.errors[fixed, k] <= 1e-6)
+
+
+def test_cli_pose_outputs_name_joints_and_print_quaternions():
+    """CSV columns are the arm's joint names; pose arms print targets and reached poses as
+    position + quaternion (w, x, y, z); the JSON names the joints at the top level."""
+    import csv
+    import io
+
+    from ikmdn.cli import default_model
+
+    model = str(default_model().parent / "ur5.onnx")
+    pose = ["0.3", "0.2", "0.4", "0", "1", "0", "0"]
+    result = CliRunner().invoke(cli, ["solve", "--model", model, "--pose", *pose, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    arm = get_arm("ur5")
+    assert list(rows[0])[:8] == ["target", "x", "y", "z", "qw", "qx", "qy", "qz"]
+    assert all(name in rows[0] for name in arm.joint_names)
+    for row in rows:
+        q = np.array([float(row[n]) for n in arm.joint_names])
+        reached = targets_to_poses(arm.fk(q))[0]
+        position = [float(row[f"reached_{c}"]) for c in "xyz"]
+        quat = np.array([float(row[f"reached_q{c}"]) for c in "wxyz"])
+        np.testing.assert_allclose(position, reached[:3, 3], atol=1e-12)
+        np.testing.assert_allclose(quat, matrix_to_quat(reached[None, :3, :3])[0], atol=1e-12)
+        if float(row["error"]) < 1e-9:
+            assert abs(abs(quat[1]) - 1.0) < 1e-6  # the target's quaternion (0, 1, 0, 0), up to sign
+    table = CliRunner().invoke(cli, ["solve", "--model", model, "--pose", *pose])
+    assert "joints: shoulder_pan, shoulder_lift" in table.output and "qw qx qy qz" in table.output
+    data = json.loads(CliRunner().invoke(cli, ["solve", "--model", model, "--pose", *pose,
+                                               "--format", "json"]).output)
+    assert data["joint_names"] == list(arm.joint_names)

@@ -130,6 +130,24 @@ def panda() -> SerialArm:
                   base_frame="panda_link0", tip_frame="panda_link8")
 
 
+def iiwa14() -> SerialArm:
+    """KUKA LBR iiwa 14 R820, standard DH table from KUKA's published dimensions (d = 0.36, 0.42,
+    0.40 m between the joint pairs, 0.126 m to the media flange) and limits (+-170, +-120, +-170,
+    +-120, +-170, +-120, +-175 deg); pose targets, 7 joints (a continuum of solutions).
+
+    Frames: `iiwa_link_0` -> `iiwa_link_ee_kuka` (the media flange, KUKA's flange frame) of the
+    iiwa14 description in Drake / iiwa_stack (equal to its FK to 1e-15; its `iiwa_link_ee` is the
+    same point, turned -90 deg about y)."""
+    deg = PI / 180
+    return dh_arm("iiwa14", a=[0.0] * 7, d=[0.36, 0.0, 0.42, 0.0, 0.4, 0.0, 0.126],
+                  alpha=[-PI / 2, PI / 2, PI / 2, -PI / 2, -PI / 2, PI / 2, 0.0],
+                  joint_limits=[[-170 * deg, 170 * deg], [-120 * deg, 120 * deg]] * 3
+                  + [[-175 * deg, 175 * deg]],
+                  joint_names=[f"iiwa_joint_{i}" for i in range(1, 8)],
+                  base_frame="iiwa_link_0", tip_frame="iiwa_link_ee_kuka")
+
+
 register_preset("rrr3", rrr3)
+register_preset("iiwa14", iiwa14)
 register_preset("ur5", ur5)
 register_preset("panda", panda)

@@ -12,8 +12,6 @@ import numpy as np
 
 from ikmdn.cli._base import THREADS, cli, default_model, positive
 
-POSE_INPUT = ("x", "y", "z", "qw", "qx", "qy", "qz")
-
 
 def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
     numbers = []
@@ -62,7 +60,7 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
     Example: ikmdn solve --model ur5.onnx --pose 0.3 0.2 0.4 0 1 0 0
     """
     from ikmdn.solve import IKSolver
-    from ikmdn.solve_output import write_csv, write_json, write_npz, write_table
+    from ikmdn.solve_output import POSE_INPUT, write_csv, write_json, write_npz, write_table
     from ikmdn.targets_io import TargetsFile
 
     if bool(coordinates) == bool(targets_path):
@@ -96,10 +94,10 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
         write_npz(output, total, batches, force)
         click.echo(f"wrote {output}: {total} targets")
     elif fmt == "json":
-        write_json(sys.stdout, model_name, arm.name, batches, best)
+        write_json(sys.stdout, model_name, arm, batches, best)
     elif fmt == "csv":
-        write_csv(sys.stdout, batches, best, arm.target_names, arm.dof)
+        write_csv(sys.stdout, batches, best, arm)
     else:
         header = (f"model {model_name} (arm {arm.name}, K={solver.model.components}, "
                   f"{'refined' if not no_refine else 'unrefined'})")
-        write_table(sys.stdout, header, batches, best, arm.target_names)
+        write_table(sys.stdout, header, batches, best, arm)
