@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +17,7 @@ from ikmdn.mixture import Mixture
 from ikmdn.refine import RefineSettings, default_settings, refine
 
 MERGE_TOL = 1e-6  # rad: candidates closer than this (modulo 2 pi) are one solution
+MODES = ("all", "best")
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,9 @@ class Solutions:
     candidate has error and rotation error <= reach_tol; fallback (N,) True where no mixture mode
     converged and a candidate (a merged duplicate, else the lightest) was replaced by the best of
     the solver's extra seeds: it has weight 0 (the network gave it none; the replaced weight moves
-    to the heaviest candidate) and sigma 0.
+    to the heaviest candidate) and sigma 0. distances (N, K), only when solved `near` a reference:
+    each candidate's joint distance to it (see `joint_distance`); candidates are then ordered
+    nearest first, and the reference itself, tried as a seed, appears as a candidate of weight 0.
     """
 
     targets: np.ndarray
@@ -49,6 +53,7 @@ class Solutions:
     reach_tol: float
     pose: bool = False
     fallback_seeds: int = 0
+    distances: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -61,10 +66,14 @@ class Solutions:
 
     @cached_property
     def best_index(self) -> np.ndarray:
-        """(N,) index of each target's answer: the heaviest solved candidate, else the closest."""
-        weight_rank = np.where(self.solved, 2.0 + self.weights, 0.0)
+        """(N,) index of each target's answer: the solved candidate nearest the reference (when
+        solved `near` one), else the heaviest solved one; where none is solved, the closest."""
+        if self.distances is not None:
+            pick = np.argmin(np.where(self.solved, self.distances, np.inf), axis=1)
+        else:
+            pick = np.argmax(np.where(self.solved, 2.0 + self.weights, 0.0), axis=1)
         closest = np.argmin(np.where(self.distinct, self.errors, np.inf), axis=1)
-        return np.where(self.solved.any(axis=1), np.argmax(weight_rank, axis=1), closest)
+        return np.where(self.solved.any(axis=1), pick, closest)
 
     def best(self) -> np.ndarray:
         """One joint vector per target (N, dof): see best_index."""
@@ -98,10 +107,53 @@ class Solutions:
         return Solutions(**joined, refined=first.refined, reach_tol=first.reach_tol, pose=first.pose,
                          fallback_seeds=first.fallback_seeds)
 
+    def take(self, rows: np.ndarray) -> Solutions:
+        """The Solutions of targets rows (an index array), in that order."""
+        picked = {name: a[rows] for name, a in self.arrays().items()}
+        return Solutions(**picked, refined=self.refined, reach_tol=self.reach_tol, pose=self.pose,
+                         fallback_seeds=self.fallback_seeds)
+
 
 def solved_mask(distinct, within_limits, errors, rotation_errors, tol: float) -> np.ndarray:
     """Candidates that count as solutions: distinct, in limits, both errors <= tol."""
     return distinct & within_limits & (errors <= tol) & (rotation_errors <= tol)
+
+
+def joint_distance(arm: Arm, q: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Joint-space distance (...,) between joints q (..., dof) and reference (broadcastable):
+    sqrt(sum_j d_j^2) with d_j = q_j - r_j (rad; metres for prismatic joints), wrapped into
+    [-pi, pi) for periodic joints (a full turn, or more, of range), so whole turns cost nothing."""
+    d = np.asarray(q, dtype=np.float64) - reference
+    d = np.where(arm.continuous_joints, wrap_angle(d), d)
+    return np.sqrt(np.einsum("...j,...j->...", d, d))
+
+
+@dataclass(frozen=True)
+class PathSolution:
+    """A sequence of targets solved in order, each answer nearest the previous one.
+
+    targets (N, target_dim); joints (N, dof); errors (N,) and rotation_errors (N,) as in
+    Solutions; reachable (N,); jumps (N,) the largest wrap-aware joint change (rad) from the
+    previous answer (the first from `start`); switches (N,) True where the jump exceeds
+    switch_threshold: a discontinuity, such as a switch of IK branch.
+    """
+
+    targets: np.ndarray
+    joints: np.ndarray
+    errors: np.ndarray
+    rotation_errors: np.ndarray
+    reachable: np.ndarray
+    jumps: np.ndarray
+    switches: np.ndarray
+    switch_threshold: float
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def largest_jump(self) -> float:
+        """The largest joint change (rad) between consecutive answers."""
+        return float(self.jumps.max()) if len(self.jumps) else 0.0
 
 
 def merge_duplicates(joints: np.ndarray, weights: np.ndarray, tol: float = MERGE_TOL):
@@ -157,16 +209,61 @@ class IKSolver:
                              "ikmdn[train] or export it to .onnx with `ikmdn export`") from None
         return cls(CheckpointModel.load(path), **kwargs)
 
-    def solve(self, targets, refine: bool = True) -> Solutions:
-        """Solutions for targets (N, target_dim) or one target (target_dim,), in batches."""
+    def solve(self, targets, refine: bool = True, mode: str = "all", near=None) -> Solutions:
+        """Solutions for targets (N, target_dim) or one target (target_dim,), in batches.
+
+        mode "all": every mixture mode refined, duplicates merged, heaviest first. mode "best":
+        one answer per target (K = 1): candidates refined one at a time, heaviest first (nearest
+        first with `near`), stopping at the first that solves; the fallback seeds as in "all".
+        near: reference joints (dof,) or (N, dof), e.g. the robot's current joints: candidates are
+        ranked by `joint_distance` to it, the reference itself is tried as a seed (first, in
+        "best"), best() returns the nearest solution, and joints with more than one turn of
+        range are reported on the turn nearest it (else nearest the middle of their range).
+        """
+        if mode not in MODES:
+            raise IKMDNError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         x = as_batch(targets, self.arm.target_dim, "targets")
+        ref = None if near is None else self._reference(near, len(x))
         if len(x) <= self.batch_size:
-            return self._solve_batch(x, refine, np.random.default_rng([self.seed, 0]))
+            return self._solve_batch(x, refine, np.random.default_rng([self.seed, 0]), mode, ref)
         # Fallback seeds are drawn per batch from (seed, first row): results do not depend on
         # how a caller splits its targets into solve() calls of batch_size rows.
         return Solutions.concatenate([
-            self._solve_batch(x[s:s + self.batch_size], refine, np.random.default_rng([self.seed, s]))
+            self._solve_batch(x[s:s + self.batch_size], refine, np.random.default_rng([self.seed, s]),
+                              mode, None if ref is None else ref[s:s + self.batch_size])
             for s in range(0, len(x), self.batch_size)])
+
+    def _reference(self, near, n: int) -> np.ndarray:
+        """near as a validated (n, dof) array (one row is repeated)."""
+        ref = as_batch(near, self.arm.dof, "near (reference joints)")
+        if len(ref) not in (1, n):
+            raise IKMDNError(f"near must be one joint vector or one per target ({n}), got {len(ref)} rows")
+        return np.broadcast_to(ref, (n, self.arm.dof)) if len(ref) == 1 else ref
+
+    def solve_path(self, targets, start, switch_threshold: float = 0.5) -> PathSolution:
+        """Targets (N, target_dim) solved in order, each with mode "best" near the previous answer
+        (the first near `start`, (dof,) joints); switches flags jumps above switch_threshold rad."""
+        x = as_batch(targets, self.arm.target_dim, "targets")
+        previous = self._reference(start, 1)[0]
+        if not (math.isfinite(switch_threshold) and switch_threshold > 0):
+            raise IKMDNError(f"switch_threshold must be a positive number, got {switch_threshold}")
+        steps = []
+        for i in range(len(x)):
+            sol = self.solve(x[i:i + 1], mode="best", near=previous)
+            steps.append(sol)
+            previous = sol.joints[0, 0]
+        if not steps:
+            dof = self.arm.dof
+            empty = np.zeros((0,))
+            return PathSolution(x, np.zeros((0, dof)), empty, empty, empty.astype(bool), empty,
+                                empty.astype(bool), switch_threshold)
+        sol = Solutions.concatenate(steps)
+        joints = sol.joints[:, 0]
+        before = np.concatenate([self._reference(start, 1), joints[:-1]])
+        d = joints - before
+        jumps = np.abs(np.where(self.arm.continuous_joints, wrap_angle(d), d)).max(axis=1)
+        return PathSolution(x, joints, sol.errors[:, 0], sol.rotation_errors[:, 0], sol.reachable,
+                            jumps, jumps > switch_threshold, switch_threshold)
 
     def _extra_seeds(self, x: np.ndarray, mixture: Mixture, rng: np.random.Generator):
         """Best refined extra seed per target x (M, target_dim): (joints (M, dof), solved (M,))."""
@@ -212,14 +309,28 @@ class IKSolver:
         within[fix, slot], distinct[fix, slot], fallback[fix] = True, True, True
         return fallback
 
-    def _solve_batch(self, x: np.ndarray, do_refine: bool, rng: np.random.Generator) -> Solutions:
+    def _solved(self, q: np.ndarray, reached: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """(M,) candidates q (M, dof) reaching targets x (M, target_dim) within reach_tol, in limits."""
+        arm = self.arm
+        return solved_mask(True, arm.within_limits(q), arm.target_error(reached, x),
+                           arm.rotation_error(reached, x), self.reach_tol)
+
+    def _solve_batch(self, x: np.ndarray, do_refine: bool, rng: np.random.Generator, mode: str,
+                     near: np.ndarray | None) -> Solutions:
+        if mode == "best":
+            return self._solve_best(x, do_refine, rng, near)
         arm = self.arm
         mixture: Mixture = self.model.predict(x).sorted_by_weight()
-        n, k = mixture.weights.shape
-        flat = mixture.means.reshape(n * k, arm.dof).astype(np.float64)
-        flat_targets = np.repeat(x, k, axis=0)
+        means = mixture.means.astype(np.float64)
         weights = mixture.weights.astype(np.float64)
         sigmas = mixture.sigmas.astype(np.float64)
+        if near is not None and do_refine:  # the reference is one more seed, of weight 0
+            means = np.concatenate([means, near[:, None]], axis=1)
+            weights = np.concatenate([weights, np.zeros((len(x), 1))], axis=1)
+            sigmas = np.concatenate([sigmas, np.zeros((len(x), 1, arm.dof))], axis=1)
+        n, k = weights.shape
+        flat = means.reshape(n * k, arm.dof)
+        flat_targets = np.repeat(x, k, axis=0)
         if do_refine:
             flat, positions, _ = refine(arm, flat, flat_targets, self.refine_settings)
         else:
@@ -238,15 +349,86 @@ class IKSolver:
             if self.fallback_seeds:
                 fallback = self._fallback(x, mixture, rng, joints, positions, errors,
                                           rotation_errors, within, distinct, weights, sigmas)
-            # Heaviest first, merged duplicates last: one flat gather per array.
-            order = np.argsort(np.where(distinct, -weights, 1.0), axis=1, kind="stable")
+        distances = None
+        if near is not None:
+            joints = arm.wrap_joints(joints, reference=near[:, None, :])   # the turn nearest near
+            distances = joint_distance(arm, joints, near[:, None, :])
+        if do_refine or near is not None:
+            # Heaviest (or nearest) first, merged duplicates last: one flat gather per array.
+            key = -weights if distances is None else distances
+            order = np.argsort(np.where(distinct, key, np.inf), axis=1, kind="stable")
             pick = (order + k * np.arange(n)[:, None]).ravel()
             joints, positions, sigmas = (a.reshape(n * k, a.shape[-1])[pick].reshape(a.shape)
                                          for a in (joints, positions, sigmas))
             errors, rotation_errors, within, weights, distinct = (
                 a.ravel()[pick].reshape(n, k)
                 for a in (errors, rotation_errors, within, weights, distinct))
+            if distances is not None:
+                distances = distances.ravel()[pick].reshape(n, k)
         solved = solved_mask(distinct, within, errors, rotation_errors, self.reach_tol)
         return Solutions(x, joints, weights, sigmas, positions, errors, rotation_errors, within,
                          distinct, solved.any(axis=1), fallback, do_refine, self.reach_tol,
-                         arm.pose_targets, self.fallback_seeds if do_refine else 0)
+                         arm.pose_targets, self.fallback_seeds if do_refine else 0, distances)
+
+    def _solve_best(self, x: np.ndarray, do_refine: bool, rng: np.random.Generator,
+                    near: np.ndarray | None) -> Solutions:
+        """One answer per target: candidates refined one at a time in rank order (the reference
+        first, when given), each target stopping at the first candidate that solves."""
+        arm, n, dof = self.arm, len(x), self.arm.dof
+        joints = np.zeros((n, dof))
+        weights, sigmas = np.zeros(n), np.zeros((n, dof))
+        score = np.full(n, np.inf)          # residual of the answer so far (lower is better)
+        done = np.zeros(n, dtype=bool)
+        fallback = np.zeros(n, dtype=bool)
+
+        def offer(rows, q, err, w, sig, ok):
+            """Keep candidates q for rows where they solve, or are closer than the answer so far."""
+            better = ok | (~done[rows] & (err < score[rows]))
+            take = rows[better]
+            joints[take], weights[take], sigmas[take] = q[better], w[better], sig[better]
+            score[take] = np.where(ok[better], -1.0, err[better])
+            done[rows[ok]] = True
+
+        if near is not None and do_refine:   # the nearest candidate of all: the reference itself
+            q, reached, err = refine(arm, near, x, self.refine_settings)
+            offer(np.arange(n), q, err, np.zeros(n), np.zeros((n, dof)), self._solved(q, reached, x))
+        rows = np.flatnonzero(~done)
+        if rows.size:
+            mixture = self.model.predict(x[rows]).sorted_by_weight()
+            means = mixture.means.astype(np.float64)
+            order = np.arange(mixture.components)[None].repeat(rows.size, axis=0)
+            if near is not None:
+                order = np.argsort(joint_distance(arm, means, near[rows, None, :]), axis=1, kind="stable")
+            for r in range(mixture.components if do_refine else 1):
+                left = np.flatnonzero(~done[rows])
+                if left.size == 0:
+                    break
+                k = order[left, r]
+                seeds, w = means[left, k], mixture.weights[left, k].astype(np.float64)
+                sig = mixture.sigmas[left, k].astype(np.float64)
+                if do_refine:
+                    q, reached, err = refine(arm, seeds, x[rows[left]], self.refine_settings)
+                    offer(rows[left], q, err, w, sig, self._solved(q, reached, x[rows[left]]))
+                else:
+                    offer(rows[left], arm.wrap_joints(seeds), np.zeros(left.size), w, sig,
+                          np.zeros(left.size, dtype=bool))
+            stuck = rows[~done[rows]]
+            if do_refine and self.fallback_seeds and stuck.size:
+                sub = np.searchsorted(rows, stuck)
+                q, ok = self._extra_seeds(x[stuck], Mixture(mixture.weights[sub], mixture.means[sub],
+                                                            mixture.sigmas[sub]), rng)
+                offer(stuck, q, np.full(stuck.size, np.inf), np.zeros(stuck.size),
+                      np.zeros((stuck.size, dof)), ok)
+                fallback[stuck[ok]] = True
+        if near is not None:
+            joints = arm.wrap_joints(joints, reference=near)
+        positions = arm.fk(joints)
+        errors = arm.target_error(positions, x)
+        rotation_errors = arm.rotation_error(positions, x)
+        within = arm.within_limits(joints)
+        solved = solved_mask(True, within, errors, rotation_errors, self.reach_tol)
+        distances = None if near is None else joint_distance(arm, joints, near)[:, None]
+        return Solutions(x, joints[:, None], weights[:, None], sigmas[:, None], positions[:, None],
+                         errors[:, None], rotation_errors[:, None], within[:, None],
+                         np.ones((n, 1), dtype=bool), solved, fallback, do_refine, self.reach_tol,
+                         arm.pose_targets, self.fallback_seeds if do_refine else 0, distances)

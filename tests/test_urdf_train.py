@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from ikmdn.arms import get_arm, list_arms, load_urdf
 from ikmdn.arms.base import register_preset
 from ikmdn.cli import cli
 from ikmdn.errors import IKMDNError
-from ikmdn.train import TrainConfig, default_config, load_checkpoint
+from ikmdn.train import TrainConfig, default_config, load_checkpoint, train_run
 
 DATA = Path(__file__).resolve().parent / "data"
 PANDA = DATA / "panda.urdf"
@@ -219,7 +220,34 @@ def test_resume_a_finished_run_needs_no_urdf(ur5_run, tmp_path):
     assert after.metrics["epoch"] == before.metrics["epoch"] == 1
     # Nothing was left to train: the weights are those of the finished run.
     for key, value in before.model.state_dict().items():
-        assert np.array_equal(value.numpy(), after.model.state_dict()[key].numpy()), key
+        assert torch.equal(value, after.model.state_dict()[key]), key
+
+
+def test_interrupted_urdf_run_resumes_bit_for_bit_without_the_file(tmp_path):
+    """A run on a URDF arm cut in epoch 2 of 2 continues with `ikmdn train --resume` from its
+    own spec (the URDF copy is gone) to the same weights as an uninterrupted run."""
+    copy = tmp_path / "robot.urdf"
+    shutil.copy(UR5, copy)
+    config = TrainConfig(arm=load_urdf(copy, "tool0", base_link="base"), samples=2000, epochs=2,
+                         hidden=(16,), components=2)
+    copy.unlink()
+    full = train_run(config, tmp_path / "full", threads=1)
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):  # in epoch 2, after last.pt of epoch 1 is written
+        if record.epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_run(config, tmp_path / "cut", on_epoch=stop, threads=1)
+    assert_ok(invoke("train", "--out", tmp_path / "cut", "--resume", "--threads", "1"))
+    resumed = load_checkpoint(tmp_path / "cut")
+    assert resumed.arm.spec() == full.arm.spec() == config.arm
+    assert len((tmp_path / "cut" / "history.csv").read_text().splitlines()) == 1 + 2
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
 def test_train_locked_joint_tool_and_name(tmp_path):
@@ -370,6 +398,26 @@ def test_wrap_joints_reference_five():
     expected[UR5_JOINTS.index("elbow_joint")] = 0.5   # one turn: no other value
     np.testing.assert_allclose(got, np.broadcast_to(expected, (3, 6)), atol=1e-12)
     np.testing.assert_allclose(arm.wrap_joints(q.T, axis=0, reference=ref.T), got.T, atol=1e-12)
+
+
+@pytest.mark.parametrize("joint, value, reference", [
+    ("shoulder_pan_joint", 0.217, 10.0),     # nearest 10: 0.217 + 4 pi, two turns above the limit
+    ("shoulder_pan_joint", -0.217, -10.0),
+    ("wrist_1_joint", 1.0, 20.0),
+    ("elbow_joint", 3.5, 7.0),                # one turn (+-pi): the value inside [-pi, pi]
+])
+def test_wrap_joints_reference_outside_the_limits(joint, value, reference):
+    """A reference beyond the limits (a joint state from elsewhere, a user's `near`) still gives
+    the in-limit turn nearest it: never a value outside the real limits."""
+    arm = UR5_ROS
+    j = UR5_JOINTS.index(joint)
+    q, ref = np.zeros(6), np.zeros(6)
+    q[j], ref[j] = value, reference
+    got = arm.wrap_joints(q, reference=ref)
+    lo, hi = arm.joint_limits[j]
+    assert lo - 1e-9 <= got[j] <= hi + 1e-9, (joint, got[j])
+    np.testing.assert_allclose(got[j], _nearest_in_limit_turn(value, lo, hi, reference), atol=1e-9)
+    assert bool(arm.within_limits(got[None])[0])
 
 
 def test_joint_turns_lists_every_in_limit_turn():

@@ -146,6 +146,7 @@ class Arm(abc.ABC):
             else:
                 ref = np.asarray(reference, dtype=np.float64)
                 ref = (self._per_joint(ref[cont], axis, out.ndim) if ref.ndim == 1 else ref[pick])
+                ref = np.clip(ref, lo, hi)   # a reference beyond a limit: the turn nearest it in range
             v = ref + (out[pick] - ref + math.pi) % TWO_PI - math.pi   # nearest turn to ref
             v = np.where(v > hi, v - TWO_PI, np.where(v < lo, v + TWO_PI, v))  # back into limits
             out[pick] = v

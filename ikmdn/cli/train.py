@@ -56,7 +56,8 @@ def _urdf_arm(urdf, tip, base, tool, lock, name):
     if urdf is None:
         given = [opt for opt, v in zip(URDF_ONLY, (tip, base, tool, lock, name), strict=True) if v]
         if given:
-            raise click.UsageError(f"{', '.join(given)} only go with --urdf FILE")
+            raise click.UsageError(f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} only with "
+                                   "--urdf FILE")
         return None
     return load_urdf(urdf, tip, base_link=base, name=name,
                      tool=None if tool is None else tool_transform(tool), lock=lock)
