@@ -19,7 +19,7 @@ from ikmdn.arms import Arm
 from ikmdn.arms.rotations import matrix_to_quat, sixd_to_matrix
 from ikmdn.errors import IKMDNError
 from ikmdn.outdir import check_output_file
-from ikmdn.solve import Solutions
+from ikmdn.solve import PathSolution, Solutions
 
 FORMATS = ("table", "json", "csv")
 POSE_INPUT = ("x", "y", "z", "qw", "qx", "qy", "qz")  # how pose targets are typed and printed
@@ -118,6 +118,41 @@ def write_csv(out: TextIO, batches: Iterable[Solutions], best: bool, arm: Arm) -
                        + [repr(float(v)) for v in reached[i, k]])
                 writer.writerow(row)
         offset += len(sol)
+
+
+def write_path(out: TextIO, fmt: str, model: str, arm: Arm, path: PathSolution) -> None:
+    """A solved path (`ikmdn solve --path`): one answer per step, its joint jump from the step
+    before and whether that is a discontinuity (a branch switch), as a table, JSON or CSV."""
+    names, targets = display_coordinates(arm, path.targets)
+    rows = range(len(path))
+    if fmt == "json":
+        steps = [{"target": path.targets[i].tolist(), "reachable": bool(path.reachable[i]),
+                  "joints": path.joints[i].tolist(), "error": float(path.errors[i]),
+                  **({"rotation_error_deg": float(np.degrees(path.rotation_errors[i]))}
+                     if arm.pose_targets else {}),
+                  "jump": float(path.jumps[i]), "switch": bool(path.switches[i])} for i in rows]
+        json.dump({"model": model, "arm": arm.name, "joint_names": list(arm.joint_names),
+                   "largest_jump": path.largest_jump, "switches": int(path.switches.sum()),
+                   "switch_threshold": path.switch_threshold, "path": steps}, out)
+        out.write("\n")
+        return
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["step", *names, "reachable", *arm.joint_names, "error", "jump", "switch"])
+        for i in rows:
+            writer.writerow([i, *map(repr, targets[i].tolist()), str(bool(path.reachable[i])).lower(),
+                             *map(repr, path.joints[i].tolist()), repr(float(path.errors[i])),
+                             repr(float(path.jumps[i])), str(bool(path.switches[i])).lower()])
+        return
+    out.write(f"model {model} (arm {arm.name}): path of {len(path)} targets, largest joint jump "
+              f"{path.largest_jump:.4f} rad, {int(path.switches.sum())} discontinuities "
+              f"(jumps > {path.switch_threshold} rad)\n")
+    out.write(f"joints: {', '.join(arm.joint_names)}\n")
+    for i in rows:
+        flag = "  SWITCH" if path.switches[i] else ""
+        status = "" if path.reachable[i] else "  NOT reachable"
+        out.write(f"{i:>5}  [{_fmt(path.joints[i])}]  error {path.errors[i]:.2e}  jump "
+                  f"{path.jumps[i]:.4f}{flag}{status}\n")
 
 
 def write_npz(path: str | Path, total: int, batches: Iterable[Solutions], force: bool) -> None:

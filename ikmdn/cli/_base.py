@@ -6,6 +6,8 @@ Library errors (IKMDNError) become one-line messages: exit 2 for bad input, 1 fo
 from __future__ import annotations
 
 import math
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -38,6 +40,10 @@ class _Group(click.Group):
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
+        except BrokenPipeError:  # the reader went away (e.g. `ikmdn solve ... | head`): stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(1)
         except OSError as exc:  # a path the user gave cannot be read or written
             error = click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
             error.exit_code = 2

@@ -27,6 +27,42 @@ def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
     return numbers
 
 
+def _joint_vector(text: str, arm, option: str) -> np.ndarray:
+    """Joints (dof,) from 'Q1,...,Qn' (radians; metres for prismatic joints)."""
+    try:
+        values = [float(v) for v in text.replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected {arm.dof} comma-separated numbers, got {text!r}",
+                                 param_hint=option) from None
+    if len(values) != arm.dof or not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"arm {arm.name} has {arm.dof} joints ({', '.join(arm.joint_names)}): "
+                                 f"expected {arm.dof} finite numbers, got {text!r}", param_hint=option)
+    return np.array(values)
+
+
+def _near_rows(path: Path, arm, total: int) -> np.ndarray:
+    """Reference joints from a file: (1, dof) or (total, dof)."""
+    from ikmdn.targets_io import TargetsFile
+
+    source = TargetsFile(path, arm.dof)
+    rows = np.concatenate(list(source.batches(max(1, len(source))))) if len(source) else None
+    if rows is None or len(rows) not in (1, total):
+        raise click.BadParameter(f"{path} must hold one row of {arm.dof} joints or one per target "
+                                 f"({total}), got {0 if rows is None else len(rows)}",
+                                 param_hint="--near-file")
+    return rows
+
+
+def _solve_batches(solver, chunks, refine: bool, mode: str, near: np.ndarray | None):
+    """Solutions per chunk of targets; near (dof,) or (total, dof) sliced along with the chunks."""
+    offset = 0
+    for chunk in chunks:
+        rows = None if near is None else near if near.ndim == 1 or len(near) == 1 \
+            else near[offset:offset + len(chunk)]
+        yield solver.solve(chunk, refine=refine, mode=mode, near=rows)
+        offset += len(chunk)
+
+
 @cli.command("solve", context_settings={"ignore_unknown_options": True})
 @click.argument("coordinates", nargs=-1)
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
@@ -38,7 +74,17 @@ def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
 @click.option("--output", type=click.Path(path_type=Path),
               help="Write all result arrays to this .npz file instead of printing.")
 @click.option("--no-refine", is_flag=True, help="Raw mixture means, no numerical refinement.")
-@click.option("--best", is_flag=True, help="One answer per target.")
+@click.option("--best", is_flag=True,
+              help="One answer per target: candidates refined in rank order, stopping at the first "
+                   "that solves (fast).")
+@click.option("--near", "near_text", metavar="Q1,...,Qn",
+              help="Reference joints (e.g. the robot's current ones): rank by joint distance to "
+                   "them, try them as a seed, report the nearest turn of multi-turn joints.")
+@click.option("--near-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Reference joints from a .csv or .npy file: one row, or one per target.")
+@click.option("--path", "as_path", is_flag=True,
+              help="Solve --targets in order as a path from --start, each answer nearest the last.")
+@click.option("--start", "start_text", metavar="Q1,...,Qn", help="Start joints for --path.")
 @click.option("--tol", type=float, callback=positive,
               help="Refinement tolerance in target units [default: 1e-9].")
 @click.option("--max-iter", type=int, callback=positive,
@@ -47,8 +93,8 @@ def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
 @click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
 @click.option("--pose", is_flag=True,
               help="Pose arms: COORDINATES (and file rows) are x y z qw qx qy qz (m, unit quaternion).")
-def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine, best, tol,
-                  max_iter, threads, force, pose):
+def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine, best, near_text,
+                  near_file, as_path, start_text, tol, max_iter, threads, force, pose):
     """Every IK solution for one target (COORDINATES) or a file of targets (--targets).
 
     Each mixture mode is a candidate: checked by forward kinematics, refined, deduplicated.
@@ -58,13 +104,36 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
     Example: ikmdn solve 0.6 0.7 --format json
 
     Example: ikmdn solve --model ur5.onnx --pose 0.3 0.2 0.4 0 1 0 0
+
+    Example: ikmdn solve --model ur5.onnx --pose 0.3 0.2 0.4 0 1 0 0 --best --near 0,-1.5,1.5,0,1.6,0
+
+    Example: ikmdn solve --model ur5.onnx --path --targets line.csv --start 0,-1.5,1.5,0,1.6,0
     """
     from ikmdn.solve import IKSolver
-    from ikmdn.solve_output import POSE_INPUT, write_csv, write_json, write_npz, write_table
+    from ikmdn.solve_output import (
+        POSE_INPUT,
+        write_csv,
+        write_json,
+        write_npz,
+        write_path,
+        write_table,
+    )
     from ikmdn.targets_io import TargetsFile
 
     if bool(coordinates) == bool(targets_path):
         raise click.UsageError("give either target COORDINATES or --targets FILE (one of them)")
+    if near_text is not None and near_file is not None:
+        raise click.UsageError("give --near or --near-file, not both")
+    if as_path:
+        if targets_path is None or start_text is None:
+            raise click.UsageError("--path needs --targets FILE and --start Q1,...,Qn")
+        given = [o for o, v in (("--near", near_text), ("--near-file", near_file), ("--best", best),
+                                ("--no-refine", no_refine), ("--output", output)) if v]
+        if given:
+            raise click.UsageError(f"--path answers one solution per step near the last; drop "
+                                   f"{', '.join(given)}")
+    elif start_text is not None:
+        raise click.UsageError("--start goes only with --path")
     numbers = _parse_coordinates(coordinates)
     model_path = model_path or default_model()
     solver = IKSolver.load(model_path, threads=threads)
@@ -88,8 +157,16 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
         from ikmdn.arms.serial import pose_targets
 
         chunks = (pose_targets(c[:, :3], c[:, 3:]) for c in chunks)
-    batches = (solver.solve(chunk, refine=not no_refine) for chunk in chunks)
     model_name = str(model_path)
+    if as_path:
+        start = _joint_vector(start_text, arm, "--start")
+        path = solver.solve_path(np.concatenate(list(chunks)), start)
+        write_path(sys.stdout, fmt, model_name, arm, path)
+        return
+    near = (_joint_vector(near_text, arm, "--near") if near_text is not None
+            else _near_rows(near_file, arm, total) if near_file is not None else None)
+    mode = "best" if best else "all"
+    batches = _solve_batches(solver, chunks, not no_refine, mode, near)
     if output is not None:
         write_npz(output, total, batches, force)
         click.echo(f"wrote {output}: {total} targets")
