@@ -1,0 +1,289 @@
+"""Benchmark online IK: single-pose latency, one answer per pose, all solutions, `near` and paths,
+side by side with roboticstoolbox-python's C++ Levenberg-Marquardt (`ik_LM`) in one process.
+
+    pip install -e '.[bench]'      # roboticstoolbox-python, for the peer solver
+    python scripts/bench_latency.py [--arms ur5,panda] [--poses 1000] [--single 500]
+                                    [--baseline-commit 6ded1e5]
+
+Same kinematics: the peer is roboticstoolbox's DH model of the arm (UR5; Panda with its hand
+tool removed, i.e. the flange), checked to agree with ikmdn's forward kinematics first. A pose is
+solved when an in-limit answer is within 1e-6 m and 1e-6 rad, checked by ikmdn's FK for both.
+The peer's one-answer mode is its own random restarts until success (q0=None, up to 100).
+
+- single pose (median over --single poses, one call each): ikmdn mode "all", mode "best", mode
+  "best" near the true joints perturbed by 0.05 rad; ik_LM random restarts; ik_LM seeded near;
+- one answer per pose, a batch of --poses: ikmdn mode "best" (one call) vs ik_LM in a loop;
+- all solutions, a batch of --poses: ikmdn mode "all" (poses/s, solved, closed-form branches
+  found for UR5, distinct solutions per pose), and the same solve with the refinement of
+  --baseline-commit (the numpy LM before the compiled kernel, loaded from git) in the same
+  process, interleaved: the speed-up over "today";
+- near (UR5): the reference 0.1 rad (Euclidean norm) from one closed-form solution; the share of
+  answers that are that solution (mode "best", and mode "all" best());
+- paths (UR5): 200-step straight Cartesian lines (0.2 m, fixed orientation) from random
+  configurations, solve_path: discontinuities (jumps > 0.5 rad) and the largest joint jump.
+Timings alternate between the solvers over --rounds rounds (median); the machine's 1-minute load
+average is printed beside each figure. Results in bench_out/latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import MODELS, ROOT, write_results
+
+import ikmdn.solve as solve_module
+from ikmdn.arms.closed_form import closed_form_ik, has_closed_form
+from ikmdn.arms.serial import poses_to_targets
+from ikmdn.evaluate import branch_matches
+from ikmdn.solve import IKSolver, joint_distance
+
+TOL = 1e-6
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+def peer_robot(name: str):
+    """roboticstoolbox's ETS of the arm's DH model, flange frame (no tool)."""
+    import roboticstoolbox as rtb
+    from spatialmath import SE3
+
+    robot = {"ur5": rtb.models.DH.UR5, "panda": rtb.models.DH.Panda}[name]()
+    robot.tool = SE3()
+    return robot.ets()
+
+
+def check_fk(arm, ets, rng) -> float:
+    q = arm.sample_joints(200, rng)
+    ours = arm.poses(q)
+    theirs = np.array([ets.eval(row) for row in q])
+    return float(np.abs(ours - theirs).max())
+
+
+def solved(arm, q: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(N,) answers q (N, dof) in limits and within TOL m and TOL rad of targets (N, 9)."""
+    reached = arm.fk(q)
+    return (arm.within_limits(q) & (arm.target_error(reached, targets) <= TOL)
+            & (arm.rotation_error(reached, targets) <= TOL))
+
+
+def peer_solve(ets, pose: np.ndarray, q0=None) -> np.ndarray:
+    sol = ets.ik_LM(pose, q0=q0, ilimit=30, slimit=100, tol=1e-14, joint_limits=True)
+    return np.asarray(sol.q, dtype=np.float64)
+
+
+def interleaved(fns: dict, rounds: int) -> dict:
+    """Median wall time of each fn over rounds, the fns alternating within each round."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def baseline_refine(commit: str):
+    """The `refine` function of ikmdn/refine.py at commit (from git), or None where unavailable."""
+    try:
+        text = subprocess.run(["git", "show", f"{commit}:ikmdn/refine.py"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(tempfile.mkdtemp()) / "baseline_refine.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("baseline_refine", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.refine
+
+
+def single_pose(name, solver, ets, poses, targets, truth, rng, out):
+    arm = solver.arm
+    n = len(targets)
+    near = truth + 0.05 * rng.standard_normal(truth.shape)
+    ours = {"all": [], "best": [], "best near": []}
+    peer = {"ik_LM random restarts": [], "ik_LM seeded near": []}
+    ok = {key: 0 for key in [*ours, *peer]}
+    for i in range(n):
+        x = targets[i:i + 1]
+        for key, kwargs in (("all", {}), ("best", {"mode": "best"}),
+                            ("best near", {"mode": "best", "near": near[i]})):
+            start = time.perf_counter()
+            sol = solver.solve(x, **kwargs)
+            ours[key].append(time.perf_counter() - start)
+            ok[key] += bool(solved(arm, sol.best(), x)[0])
+        for key, q0 in (("ik_LM random restarts", None), ("ik_LM seeded near", near[i])):
+            start = time.perf_counter()
+            q = peer_solve(ets, poses[i], q0)
+            peer[key].append(time.perf_counter() - start)
+            ok[key] += bool(solved(arm, q[None], x)[0])
+    for key, values in {**ours, **peer}.items():
+        ms = statistics.median(values) * 1e3
+        out[f"single_{key}_ms"] = ms
+        out[f"single_{key}_solved"] = ok[key] / n
+        print(f"{name} single pose, {key:<22} median {ms:7.3f} ms, solved {ok[key] / n:7.2%} ({load()})",
+              flush=True)
+
+
+def one_answer_batch(name, solver, ets, poses, targets, rounds, out):
+    arm = solver.arm
+    answers = {}
+
+    def ours():
+        answers["ours"] = solver.solve(targets, mode="best").best()
+
+    def peer():
+        answers["peer"] = np.array([peer_solve(ets, p) for p in poses])
+
+    t = interleaved({"ours": ours, "peer": peer}, rounds)
+    for key, label in (("ours", "ikmdn mode best"), ("peer", "ik_LM random restarts")):
+        rate = len(targets) / t[key]
+        share = float(solved(arm, answers[key], targets).mean())
+        out[f"one_answer_{key}_poses_per_s"] = rate
+        out[f"one_answer_{key}_solved"] = share
+        print(f"{name} one answer per pose, batch {len(targets)}: {label:<22} {rate:9.0f} poses/s, "
+              f"solved {share:.2%} ({load()})", flush=True)
+    out["one_answer_ratio"] = t["peer"] / t["ours"]
+    print(f"{name} one answer per pose: ikmdn / ik_LM throughput {out['one_answer_ratio']:.2f}x", flush=True)
+
+
+def all_solutions(name, solver, targets, rounds, baseline, out):
+    arm = solver.arm
+    result = {}
+
+    def ours():
+        result["ours"] = solver.solve(targets)
+
+    fns = {"ours": ours}
+    if baseline is not None:
+        def today():
+            current = solve_module.refine
+            solve_module.refine = baseline
+            try:
+                result["today"] = solver.solve(targets)
+            finally:
+                solve_module.refine = current
+        fns["today"] = today
+    t = interleaved(fns, rounds)
+    for key in fns:
+        sol = result[key]
+        rate = len(targets) / t[key]
+        out[f"all_{key}_poses_per_s"] = rate
+        out[f"all_{key}_solved"] = float(sol.reachable.mean())
+        out[f"all_{key}_distinct_per_pose"] = float(sol.solved.sum(axis=1).mean())
+        extra = ""
+        if has_closed_form(arm):
+            branches, valid = closed_form_ik(arm, targets)
+            solved_joints = np.where(sol.solved[..., None], sol.joints, np.nan)  # solutions only
+            found = branch_matches(solved_joints, branches, valid)
+            out[f"all_{key}_branches_found"] = float(found.sum() / valid.sum())
+            extra = f", branches found {out[f'all_{key}_branches_found']:.2%}"
+        label = "ikmdn mode all" if key == "ours" else f"refinement of {args_commit}"
+        print(f"{name} all solutions, batch {len(targets)}: {label:<28} {rate:8.0f} poses/s, solved "
+              f"{out[f'all_{key}_solved']:.2%}, distinct {out[f'all_{key}_distinct_per_pose']:.2f}/pose"
+              f"{extra} ({load()})", flush=True)
+    if "today" in t:
+        out["all_speedup_over_today"] = t["today"] / t["ours"]
+        print(f"{name} all solutions: {out['all_speedup_over_today']:.2f}x the poses/s of {args_commit}",
+              flush=True)
+
+
+def near_check(solver, targets, rng, out):
+    arm = solver.arm
+    branches, valid = closed_form_ik(arm, targets)
+    pick = np.array([rng.choice(np.flatnonzero(v)) for v in valid])
+    chosen = branches[np.arange(len(targets)), pick]
+    direction = rng.standard_normal(chosen.shape)
+    reference = chosen + 0.1 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    for key, kwargs in (("best", {"mode": "best"}), ("all", {})):
+        answer = solver.solve(targets, near=reference, **kwargs).best()
+        same = joint_distance(arm, answer, chosen) <= TOL
+        out[f"near_{key}_is_that_solution"] = float(same.mean())
+        print(f"ur5 near (0.1 rad from one closed-form solution), mode {key}: the answer is that "
+              f"solution for {same.mean():.2%} of {len(targets)} poses ({load()})", flush=True)
+
+
+def path_check(solver, rng, out, lines: int = 20, steps: int = 200):
+    arm = solver.arm
+    total_switches, largest, unreachable, tried = 0, 0.0, 0, 0
+    while tried < lines:
+        start = arm.sample_joints(1, rng)[0]
+        pose = arm.poses(start)[0]
+        direction = rng.standard_normal(3)
+        ends = pose[:3, 3] + 0.2 * direction / np.linalg.norm(direction)
+        poses = np.repeat(pose[None], steps, axis=0)
+        poses[:, :3, 3] = np.linspace(pose[:3, 3], ends, steps)
+        targets = poses_to_targets(poses)
+        path = solver.solve_path(targets, start)
+        if not path.reachable.all():   # the line leaves the workspace: draw another
+            unreachable += 1
+            continue
+        tried += 1
+        total_switches += int(path.switches.sum())
+        largest = max(largest, path.largest_jump)
+    out.update(path_lines=lines, path_steps=steps, path_switches=total_switches,
+               path_largest_jump=largest, path_lines_leaving_workspace=unreachable)
+    print(f"ur5 solve_path: {lines} straight lines of {steps} steps (0.2 m): {total_switches} "
+          f"discontinuities, largest joint jump {largest:.4f} rad ({unreachable} lines that left the "
+          f"workspace redrawn) ({load()})", flush=True)
+
+
+args_commit = ""
+
+
+def main() -> None:
+    global args_commit
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", default="ur5,panda")
+    parser.add_argument("--poses", type=int, default=1000)
+    parser.add_argument("--single", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline-commit", default="6ded1e5")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "latency.json")
+    args = parser.parse_args()
+    args_commit = args.baseline_commit
+    try:
+        import roboticstoolbox  # noqa: F401
+    except ImportError:
+        sys.exit("roboticstoolbox-python is missing: pip install -e '.[bench]'")
+    baseline = baseline_refine(args.baseline_commit)
+    results = {}
+    for name in args.arms.split(","):
+        rng = np.random.default_rng(11)
+        solver = IKSolver.load(MODELS / f"{name}.onnx")
+        arm = solver.arm
+        ets = peer_robot(name)
+        out = {"fk_agreement": check_fk(arm, ets, rng)}
+        print(f"{name}: ikmdn vs roboticstoolbox forward kinematics agree to {out['fk_agreement']:.1e}",
+              flush=True)
+        if out["fk_agreement"] > 1e-9:
+            sys.exit(f"{name}: the two kinematic models differ; fix the peer model first")
+        truth = arm.sample_joints(args.poses, rng)
+        poses = arm.poses(truth)
+        targets = poses_to_targets(poses)
+        solver.solve(targets[:8])
+        solver.solve(targets[:8], mode="best", near=truth[:8])  # warm-up (kernel compiled/cached)
+        single_pose(name, solver, ets, poses[:args.single], targets[:args.single], truth[:args.single],
+                    rng, out)
+        one_answer_batch(name, solver, ets, poses, targets, args.rounds, out)
+        all_solutions(name, solver, targets, args.rounds, baseline, out)
+        if name == "ur5":
+            near_check(solver, targets, rng, out)
+            path_check(solver, rng, out)
+        results[name] = out
+    write_results(args.out, {"bench": "latency", "baseline_commit": args.baseline_commit, "arms": results})
+
+
+if __name__ == "__main__":
+    main()
