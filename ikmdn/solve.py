@@ -215,6 +215,10 @@ class IKSolver:
         mode "all": every mixture mode refined, duplicates merged, heaviest first. mode "best":
         one answer per target (K = 1): candidates refined one at a time, heaviest first (nearest
         first with `near`), stopping at the first that solves; the fallback seeds as in "all".
+        Without `near` the two can answer differently: "best" takes the heaviest single mode that
+        solves, while "all" sums the weights of modes that reach the same solution before
+        best() picks the heaviest (e.g. 38% of random UR5 poses); with `near` both answer the
+        nearest solution they find.
         near: reference joints (dof,) or (N, dof), e.g. the robot's current joints: candidates are
         ranked by `joint_distance` to it, the reference itself is tried as a seed (first, in
         "best"), best() returns the nearest solution, and joints with more than one turn of
@@ -233,18 +237,18 @@ class IKSolver:
                               mode, None if ref is None else ref[s:s + self.batch_size])
             for s in range(0, len(x), self.batch_size)])
 
-    def _reference(self, near, n: int) -> np.ndarray:
+    def _reference(self, near, n: int, what: str = "near") -> np.ndarray:
         """near as a validated (n, dof) array (one row is repeated)."""
-        ref = as_batch(near, self.arm.dof, "near (reference joints)")
+        ref = as_batch(near, self.arm.dof, f"{what} (reference joints)")
         if len(ref) not in (1, n):
-            raise IKMDNError(f"near must be one joint vector or one per target ({n}), got {len(ref)} rows")
+            raise IKMDNError(f"{what} must be one joint vector or one per target ({n}), got {len(ref)} rows")
         return np.broadcast_to(ref, (n, self.arm.dof)) if len(ref) == 1 else ref
 
     def solve_path(self, targets, start, switch_threshold: float = 0.5) -> PathSolution:
         """Targets (N, target_dim) solved in order, each with mode "best" near the previous answer
         (the first near `start`, (dof,) joints); switches flags jumps above switch_threshold rad."""
         x = as_batch(targets, self.arm.target_dim, "targets")
-        previous = self._reference(start, 1)[0]
+        previous = self._reference(start, 1, "start")[0]
         if not (math.isfinite(switch_threshold) and switch_threshold > 0):
             raise IKMDNError(f"switch_threshold must be a positive number, got {switch_threshold}")
         steps = []
@@ -259,7 +263,7 @@ class IKSolver:
                                 empty.astype(bool), switch_threshold)
         sol = Solutions.concatenate(steps)
         joints = sol.joints[:, 0]
-        before = np.concatenate([self._reference(start, 1), joints[:-1]])
+        before = np.concatenate([self._reference(start, 1, "start"), joints[:-1]])
         d = joints - before
         jumps = np.abs(np.where(self.arm.continuous_joints, wrap_angle(d), d)).max(axis=1)
         return PathSolution(x, joints, sol.errors[:, 0], sol.rotation_errors[:, 0], sol.reachable,
