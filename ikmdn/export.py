@@ -38,8 +38,11 @@ DOC_STRING = (
 class ParityReport:
     """Largest PyTorch-vs-ONNX Runtime differences over the checked targets.
 
-    Means and sigmas pass when every |diff| <= PARAMS_ATOL + PARAMS_RTOL * |torch value|
-    (numpy.allclose's rule); `means_tol` and `sigmas_tol` are the largest |diff| / that bound.
+    Means and sigmas pass when every |diff| <= PARAMS_ATOL + PARAMS_RTOL * (the largest |torch
+    value| of that output for that target): float32 rounding grows with the magnitudes flowing
+    through the network, and targets far outside the workspace (half of the checked ones) drive
+    extrapolated means and sigmas into the hundreds or thousands. `means_tol` and `sigmas_tol`
+    are the largest |diff| / that bound.
     """
 
     targets: int
@@ -57,7 +60,7 @@ class ParityReport:
         return (f"parity PyTorch vs ONNX Runtime on {self.targets} targets: max |diff| weights "
                 f"{self.weights_abs:.1e} (limit {WEIGHTS_ATOL:.0e}), means {self.means_abs:.1e}, "
                 f"sigmas {self.sigmas_abs:.1e} (limit {PARAMS_ATOL:.0e} + {PARAMS_RTOL:.0e} x "
-                f"|value|: {max(self.means_tol, self.sigmas_tol):.0%} of it used)")
+                f"target's largest |value|: {max(self.means_tol, self.sigmas_tol):.0%} of it used)")
 
 
 def parity(checkpoint: Checkpoint, onnx_model: OnnxModel, targets: np.ndarray) -> ParityReport:
@@ -69,7 +72,8 @@ def parity(checkpoint: Checkpoint, onnx_model: OnnxModel, targets: np.ndarray) -
     diffs = [np.abs(g - e) for g, e in zip((got.weights, got.means, got.sigmas), expected, strict=True)]
 
     def used(d, e):
-        return float(np.max(d / (PARAMS_ATOL + PARAMS_RTOL * np.abs(e)), initial=0.0))
+        scale = np.abs(e).reshape(len(e), -1).max(axis=1, initial=0.0).reshape((-1,) + (1,) * (e.ndim - 1))
+        return float(np.max(d / (PARAMS_ATOL + PARAMS_RTOL * scale), initial=0.0))
 
     return ParityReport(len(x), *(float(d.max(initial=0.0)) for d in diffs),
                         used(diffs[1], expected[1]), used(diffs[2], expected[2]))

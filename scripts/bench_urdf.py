@@ -14,6 +14,7 @@ average is printed beside each figure. Results in bench_out/urdf.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -125,17 +126,22 @@ def main() -> None:
                         help="Evaluate the models already in bench_out/urdf/.")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "urdf")
     args = parser.parse_args()
-    results = {}
+    path = ROOT / "bench_out" / "urdf.json"
+    results = json.loads(path.read_text()).get("robots", {}) if path.is_file() else {}
     for name in args.robots:
         robot = ROBOTS[name]
         entry = {}
-        if not args.skip_training:
+        if args.skip_training:   # the training loop's own time, from the run's model.pt metrics
+            from ikmdn.train import load_checkpoint
+
+            entry["train_loop_seconds"] = load_checkpoint(args.out / name).metrics["train_seconds"]
+        else:
             seconds = train(name, robot, args.out, args.threads)
             entry.update(train_seconds=seconds, train_load=load())
             print(f"{name}: training took {seconds / 60:.1f} min ({load()})", flush=True)
         entry.update(evaluate(name, robot, args.out / f"{name}.onnx", args.poses))
         results[name] = entry
-    write_results(ROOT / "bench_out" / "urdf.json", results)
+    write_results(path, {"bench": "urdf", "robots": results})
 
 
 if __name__ == "__main__":
