@@ -1,9 +1,31 @@
-"""Batched damped least squares (Levenberg-Marquardt) IK refinement, numpy float64.
+"""Damped least squares (Levenberg-Marquardt) IK refinement: the rules, their settings, the entry point.
 
-Works in the component-major layout (joints (dof, M), Jacobian (target_dim, dof, M)) so every
-operation runs over contiguous rows of M candidates; the small dof x dof systems are solved by
-an unrolled Cholesky factorisation, vectorised over the candidates. Only candidates still
-iterating are computed on; a candidate's result is written back when it stops.
+`refine(arm, q0, targets, settings)` polishes every candidate joint vector on its own, in float64,
+by these rules (each constant a field of `RefineSettings`):
+
+1. Projection. The start q0 is projected onto the limits: periodic joints (`arm.continuous_joints`,
+   ranges of a full turn or more) move by whole turns to the in-limit value nearest `arm.home`
+   (`Arm.wrap_joints`), the others are clipped (`Arm.project_to_limits`). Every trial point below
+   is projected the same way, so every result lies within the limits.
+2. Residual and error. r = arm.residual(fk(q), x): reached - target (angular target coordinates
+   wrapped into [-pi, pi)); for pose targets the position difference, then rotation_weight *
+   log(R R_target^T). The error is ||r||; a candidate starting with error <= `tol` is not moved.
+3. Step. With the Jacobian J of r (for poses the geometric Jacobian, rotation rows weighted) and
+   damping lam (initially `damping`): first the column of each bounded joint that sits at a limit
+   (q <= lo or q >= hi) and whose gradient J^T r would push it further out is zeroed (frozen),
+   recomputed every iteration from the current J and r (a column frozen before a rejected step
+   stays zero until a step is accepted); then (J^T J + lam I) dq = -J^T r is solved by Cholesky and
+   the trial point is project(q + dq).
+4. Acceptance. The trial is kept only if its error is smaller (err_new < err); then q, fk(q), r
+   and J move to it. The damping becomes max(lam * (`down` if kept else `up`), `min_damping`).
+5. Stopping, per candidate: err <= `tol` (solved), lam >= `max_damping` (no step helps), a kept
+   step that improved the error by at most `stall` * err (err taken before the step: a local
+   minimum, e.g. a target outside the workspace or a solution beyond a joint limit), or
+   `max_iter` iterations.
+
+The result is (q, fk(q), err) at the last kept point. These rules have one implementation: the
+compiled per-candidate kernel `ikmdn.kernels.refine_kernel` (numba, float64, no fastmath), with
+the arm's kinematics compiled from `arm.kernel_data()`; numba is imported on the first refinement.
 """
 
 from __future__ import annotations
@@ -13,14 +35,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ikmdn.arms import Arm
+from ikmdn.errors import IKMDNError
 
 
 @dataclass(frozen=True)
 class RefineSettings:
-    """tol: stop once ||fk(q) - x|| <= tol (target units); max_iter: iteration cap per candidate;
-    damping: initial LM damping, multiplied by `down` after a good step and `up` after a bad one;
-    stall: stop when a good step improves the error by less than this fraction (a local minimum,
-    e.g. a target outside the workspace or a solution beyond a joint limit)."""
+    """The constants of the LM rules (see the module docstring).
+
+    tol: stop once the error ||r|| <= tol (target units); max_iter: iteration cap per candidate;
+    damping: initial LM damping, multiplied by `down` after a kept step and `up` after a rejected
+    one, never below min_damping; max_damping: stop once the damping reaches it; stall: stop when
+    a kept step improves the error by at most this fraction (a local minimum, e.g. a target outside
+    the workspace or a solution beyond a joint limit)."""
 
     tol: float = 1e-9
     max_iter: int = 30
@@ -29,108 +55,29 @@ class RefineSettings:
     up: float = 10.0
     max_damping: float = 1e8
     stall: float = 0.1
+    min_damping: float = 1e-12
 
-
-def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """sum_t a[t] * b[t] for (t, M) arrays, as a loop over the few rows (faster than .sum(0))."""
-    acc = a[0] * b[0]
-    for t in range(1, len(a)):
-        acc += a[t] * b[t]
-    return acc
-
-
-def damped_step(jac: np.ndarray, r: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    """Solve (J^T J + lam I) dq = -J^T r for every candidate: jac (e, d, M), r (e, M) -> (d, M)."""
-    d = jac.shape[1]
-    cols = [jac[:, i] for i in range(d)]
-    g = [-_dot(c, r) for c in cols]
-    # Cholesky factor L of A = J^T J + lam I, entry by entry (A is symmetric positive definite).
-    low: dict[tuple[int, int], np.ndarray] = {}
-    for j in range(d):
-        diag = _dot(cols[j], cols[j]) + lam
-        for k in range(j):
-            diag -= low[j, k] ** 2
-        low[j, j] = np.sqrt(diag)
-        for i in range(j + 1, d):
-            a = _dot(cols[i], cols[j])
-            for k in range(j):
-                a -= low[i, k] * low[j, k]
-            low[i, j] = a / low[j, j]
-    y: list[np.ndarray] = []
-    for i in range(d):
-        v = g[i]
-        for k in range(i):
-            v = v - low[i, k] * y[k]
-        y.append(v / low[i, i])
-    x = np.empty((d, len(lam)))
-    for i in reversed(range(d)):
-        v = y[i]
-        for k in range(i + 1, d):
-            v = v - low[k, i] * x[k]
-        x[i] = v / low[i, i]
-    return x
+    def kernel_args(self) -> tuple[float, int, float, float, float, float, float, float]:
+        """The settings tuple of `ikmdn.kernels.refine_kernel` (fixed types: one compiled kernel)."""
+        return (float(self.tol), int(self.max_iter), float(self.damping), float(self.down),
+                float(self.up), float(self.max_damping), float(self.min_damping), float(self.stall))
 
 
 def refine(arm: Arm, q0: np.ndarray, targets: np.ndarray,
            settings: RefineSettings = RefineSettings()):
-    """Polish joints q0 (M, dof) towards targets (M, target_dim).
+    """Polish joints q0 (M, dof) towards targets (M, target_dim) by the rules above.
 
-    Returns (q (M, dof), reached = fk(q) (M, target_dim), error (M,)).
-
-    Each step solves (J^T J + lambda I) dq = -J^T r with the arm's analytic Jacobian (joints held
-    at a limit they push against are frozen), projects q + dq onto the limits (wrap or clip) and
-    keeps it only if the error drops. Every row stops on its own: at tol, at a local minimum
-    (stalled progress or saturated damping), or at max_iter.
+    Returns (q (M, dof) within the limits, reached = fk(q) (M, target_dim), error ||r|| (M,)).
     """
-    dof, td, rd = arm.dof, arm.target_dim, arm.residual_dim
-    # One array of per-candidate rows, so that compacting the active set is a single gather:
-    # q (dof), reached (td), residual (rd), error (1), target (td), damping (1).
-    rows = np.cumsum([0, dof, td, rd, 1, td, 1])
-    state = np.empty((rows[-1], len(q0)))
+    from ikmdn import kernels  # numba loads here, not on `import ikmdn`
 
-    def views(a):
-        return [a[rows[i]:rows[i + 1]] for i in range(len(rows) - 1)]
-
-    q, reached, r, err, x, lam = views(state)
-    q[:] = arm.project_to_limits(np.asarray(q0, dtype=np.float64).T, axis=0)
-    x[:] = np.asarray(targets, dtype=np.float64).T
-    reached[:], jac = arm.kinematics_t(q, True)
-    r[:] = arm.residual(reached, x, axis=0)
-    err[0] = np.sqrt(_dot(r, r))
-    lam[:] = settings.damping
-    lo, hi = arm.joint_limits.T[:, :, None]
-    bounded = ~arm.continuous_joints[:, None]
-    active = np.flatnonzero(err[0] > settings.tol)
-    work = state[:, active]  # the candidates still iterating, compacted
-    jac = jac[:, :, active]
-    for iteration in range(settings.max_iter):
-        if active.size == 0:
-            break
-        qa, reached_a, ra, err_a, xa, lam_a = views(work)
-        # Freeze joints held at a limit that a descent step would push further out.
-        at_limit = bounded & ((qa <= lo) | (qa >= hi))
-        cols = np.flatnonzero(at_limit.any(axis=0))
-        if cols.size:
-            qc, gradient = qa[:, cols], np.einsum("tdm,tm->dm", jac[:, :, cols], ra[:, cols])
-            pinned = at_limit[:, cols] & (((qc <= lo) & (gradient > 0)) | ((qc >= hi) & (gradient < 0)))
-            jac[:, :, cols] *= ~pinned
-        q_new = arm.project_to_limits(qa + damped_step(jac, ra, lam_a[0]), axis=0)
-        reached_new, jac_new = arm.kinematics_t(q_new, True)
-        r_new = arm.residual(reached_new, xa, axis=0)
-        err_new = np.sqrt(_dot(r_new, r_new))
-        better = err_new < err_a[0]
-        stalled = better & (err_a[0] - err_new <= settings.stall * err_a[0])
-        for old, new in ((qa, q_new), (reached_a, reached_new), (ra, r_new), (err_a, err_new),
-                         (jac, jac_new)):
-            np.copyto(old, new, where=better)
-        lam_a[0] = np.maximum(lam_a[0] * np.where(better, settings.down, settings.up), 1e-12)
-        keep = (err_a[0] > settings.tol) & (lam_a[0] < settings.max_damping) & ~stalled
-        if iteration == settings.max_iter - 1:
-            keep[:] = False
-        if not keep.all():
-            state[:, active[~keep]] = work[:, ~keep]
-            active, work, jac = active[keep], work[:, keep], jac[:, :, keep]
-    return q.T, reached.T, err[0]
+    q0 = np.require(q0, np.float64, ("C", "W"))
+    x = np.require(targets, np.float64, ("C", "W"))
+    if q0.ndim != 2 or q0.shape[1] != arm.dof or x.shape != (len(q0), arm.target_dim):
+        raise IKMDNError(f"refine needs joints (M, {arm.dof}) and targets (M, {arm.target_dim}), "
+                         f"got {q0.shape} and {x.shape}")
+    kin, limits = kernels.arm_data(arm)
+    return kernels.refine_kernel(kin, limits, settings.kernel_args(), q0, x)
 
 
 def default_settings(arm: Arm) -> RefineSettings:

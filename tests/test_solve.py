@@ -12,7 +12,7 @@ from ikmdn.arms import get_arm, wrap_angle
 from ikmdn.arms.closed_form import closed_form_ik
 from ikmdn.errors import IKMDNError
 from ikmdn.mixture import Mixture
-from ikmdn.refine import RefineSettings, damped_step, refine
+from ikmdn.refine import RefineSettings, refine
 from ikmdn.runtime import OnnxModel
 from ikmdn.solve import IKSolver, merge_duplicates
 
@@ -373,32 +373,7 @@ def test_solver_merges_duplicates(bishop):
             assert np.abs(wrap_angle(distinct_joints[a] - distinct_joints[b])).max() > 1e-6
 
 
-# -- refine and damped_step -----------------------------------------------------------------------
-
-@pytest.mark.parametrize("dof", range(1, 8))
-@pytest.mark.parametrize("target_dim", [1, 2, 3, 6])
-def test_damped_step_solves_normal_equations(dof, target_dim):
-    rng = np.random.default_rng(100 * dof + target_dim)
-    m = 6
-    jac = rng.normal(size=(target_dim, dof, m))
-    r = rng.normal(size=(target_dim, m))
-    lam = rng.uniform(1e-2, 1.0, m)
-    got = damped_step(jac, r, lam)
-    assert got.shape == (dof, m)
-    for i in range(m):
-        j = jac[:, :, i]
-        expected = np.linalg.solve(j.T @ j + lam[i] * np.eye(dof), -j.T @ r[:, i])
-        np.testing.assert_allclose(got[:, i], expected, rtol=1e-9, atol=1e-12)
-
-
-def test_damped_step_tiny_damping_is_gauss_newton():
-    rng = np.random.default_rng(7)
-    jac = rng.normal(size=(3, 3, 4))
-    r = rng.normal(size=(3, 4))
-    got = damped_step(jac, r, np.full(4, 1e-14))
-    for i in range(4):
-        np.testing.assert_allclose(got[:, i], np.linalg.solve(jac[:, :, i], -r[:, i]), rtol=1e-6)
-
+# -- refine (the kernel itself: test_refine_kernel.py) --------------------------------------------
 
 @pytest.mark.parametrize("name", ["bishop", "planar2", "planar3"])
 def test_refine_converges_from_perturbed_solution(name):
