@@ -1,23 +1,73 @@
-"""An exported ikmdn model run by ONNX Runtime: numpy in, mixture out. Never imports torch."""
+"""An exported ikmdn model run by ONNX Runtime: numpy in, mixture out. Never imports torch.
+
+A model file is untrusted input. Before any InferenceSession exists, the file's bytes are parsed
+with `onnx` (external data never loaded) and refused unless they keep DESIGN.md's contract:
+
+- at most MAX_MODEL_BYTES; no tensor anywhere (initializers, Constant attributes, subgraphs,
+  functions) whose data lives in another file, and none whose data disagrees with its dims and
+  type; onnx.checker passes;
+- the ikmdn metadata present once each, its JSON bounded (`ikmdn.untrusted`: size and nesting)
+  and the arm spec valid (finite numbers, right types: `arm_from_spec`);
+- the graph's input and outputs those of its ikmdn.format, with their element types and ranks,
+  a dynamic batch axis, dof and target_dim those of the arm, a declared K from 1 to MAX_COMPONENTS.
+
+The session is then made from the checked bytes (never from the path, so nothing can swap the
+file or resolve a path beside it), and one probe call reads the real K, which must agree with
+every K the file declares. At predict time targets beyond MAX_TARGET are refused (float32
+networks return NaN near 1e36), and every output is checked (finite, weights >= 0 summing to 1,
+sigmas > 0) before it leaves this module; an ONNX Runtime failure is a one-line error.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto
 
 from ikmdn.arms import Arm, arm_from_spec
 from ikmdn.arms.base import as_batch
-from ikmdn.errors import IKMDNError
+from ikmdn.errors import IKMDNError, JobFailedError
 from ikmdn.mixture import Mixture
+from ikmdn.untrusted import parse_json, short
 
 ONNX_FORMAT = 1  # the newest ikmdn.format this runtime reads
 INPUT_NAME = "targets"
 OUTPUT_NAMES = ("weights", "means", "sigmas")
 METADATA_KEYS = ("ikmdn.format", "ikmdn.version", "ikmdn.arm", "ikmdn.train", "ikmdn.metrics")
+# Per ikmdn.format: each input and output in order, with its element type and axes ("N" the
+# dynamic batch axis, "K" the mixture components, "dof" and "target_dim" those of the arm).
+CONTRACTS: dict[int, dict[str, tuple[int, tuple[str, ...]]]] = {
+    1: {"targets": (TensorProto.FLOAT, ("N", "target_dim")),
+        "weights": (TensorProto.FLOAT, ("N", "K")),
+        "means": (TensorProto.FLOAT, ("N", "K", "dof")),
+        "sigmas": (TensorProto.FLOAT, ("N", "K", "dof"))},
+}
+CONTRACT_INPUTS = {1: (INPUT_NAME,)}
+
+MAX_MODEL_BYTES = 512 << 20   # the shipped models are 0.15-1.3 MB
+MAX_COMPONENTS = 4096         # the shipped models have K <= 32
+MAX_TARGET = 1e9              # |target coordinate|, the arm's length unit (float32 NaN from ~1e36)
+WEIGHT_SUM_ATOL = 1e-3
+PROBE_ROWS = 2                # > 1, so a graph that ignores the batch axis shows
+
+# Bits per element of each ONNX tensor type (STRING has none: its values are counted).
+_BITS = {TensorProto.FLOAT: 32, TensorProto.UINT8: 8, TensorProto.INT8: 8, TensorProto.UINT16: 16,
+         TensorProto.INT16: 16, TensorProto.INT32: 32, TensorProto.INT64: 64, TensorProto.BOOL: 8,
+         TensorProto.FLOAT16: 16, TensorProto.DOUBLE: 64, TensorProto.UINT32: 32,
+         TensorProto.UINT64: 64, TensorProto.COMPLEX64: 64, TensorProto.COMPLEX128: 128,
+         TensorProto.BFLOAT16: 16, 17: 8, 18: 8, 19: 8, 20: 8,  # the float8 types
+         21: 4, 22: 4, 23: 4, 24: 8, 25: 2, 26: 2}  # uint4, int4, float4e2m1, float8e8m0, (u)int2
+# The repeated field a tensor type's values use when they are not in raw_data, and values per element.
+_FIELDS = {TensorProto.FLOAT: ("float_data", 1), TensorProto.COMPLEX64: ("float_data", 2),
+           TensorProto.DOUBLE: ("double_data", 1), TensorProto.COMPLEX128: ("double_data", 2),
+           TensorProto.INT64: ("int64_data", 1), TensorProto.UINT32: ("uint64_data", 1),
+           TensorProto.UINT64: ("uint64_data", 1), TensorProto.STRING: ("string_data", 1)}
+_DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 
 
 def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
@@ -35,85 +85,303 @@ def session_options(threads: int | None = None, spinning: bool = False) -> ort.S
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if threads is not None:
-        if threads < 1:
-            raise IKMDNError(f"threads must be a positive integer, got {threads}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise IKMDNError(f"threads must be a positive integer, got {short(threads)}")
         options.intra_op_num_threads = threads
     return options
 
 
-def _json_field(meta: dict[str, str], key: str, source: str) -> Any:
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _type_name(elem_type: int) -> str:
+    names = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64", TensorProto.INT64: "int64",
+             TensorProto.INT32: "int32", TensorProto.BOOL: "bool", TensorProto.FLOAT16: "float16"}
+    if elem_type in names:
+        return names[elem_type]
     try:
-        return json.loads(meta[key])
-    except json.JSONDecodeError as exc:
-        raise IKMDNError(f"{source}: metadata {key} is not valid JSON ({exc})") from None
+        return TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:
+        return f"type {elem_type}"
+
+
+# -- the file, before any session ------------------------------------------------------------------
+def read_model_bytes(path: Path) -> bytes:
+    """The bytes of a model file, at most MAX_MODEL_BYTES."""
+    if not path.is_file():
+        raise IKMDNError(f"model file {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_MODEL_BYTES + 1)
+    except OSError as exc:
+        raise IKMDNError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_MODEL_BYTES:
+        raise IKMDNError(f"{path} is larger than {MAX_MODEL_BYTES >> 20} MB, the most an ikmdn model "
+                         "file may be")
+    return data
+
+
+def _tensors(model: onnx.ModelProto):
+    """(where, TensorProto) for every tensor the model holds: graph initializers, sparse
+    initializers, node attributes, in the main graph, every subgraph and every function."""
+    graphs, node_lists = [("graph", model.graph)], [(f"function {f.name!r}", f.node) for f in model.functions]
+    while graphs or node_lists:
+        if graphs:
+            label, graph = graphs.pop()
+            for t in graph.initializer:
+                yield f"{label} initializer {t.name!r}", t
+            for s in graph.sparse_initializer:
+                yield f"{label} sparse initializer {s.values.name!r}", s.values
+                yield f"{label} sparse initializer {s.values.name!r} (indices)", s.indices
+            node_lists.append((label, graph.node))
+            continue
+        label, nodes = node_lists.pop()
+        for node in nodes:
+            for a in node.attribute:
+                where = f"{label}: attribute {a.name!r} of {node.op_type} node {node.name!r}"
+                if a.HasField("t"):
+                    yield where, a.t
+                for t in a.tensors:
+                    yield where, t
+                for s in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors):
+                    yield where, s.values
+                    yield f"{where} (indices)", s.indices
+                if a.HasField("g"):
+                    graphs.append((f"subgraph {a.g.name!r}", a.g))
+                graphs.extend((f"subgraph {g.name!r}", g) for g in a.graphs)
+
+
+def check_tensor(t: TensorProto, where: str) -> None:
+    """A tensor must hold its own data, exactly as much as its dims and type say."""
+    if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
+        location = next((e.value for e in t.external_data if e.key == "location"), "?")
+        location = location if len(location) <= 60 else "..." + location[-57:]  # the file name shows
+        raise IKMDNError(f"{where} keeps its data in another file ({location!r}); an ikmdn model "
+                         "is one self-contained file and never reads others")
+    if t.HasField("segment"):
+        raise IKMDNError(f"{where} is a segment of a tensor; ikmdn models hold whole tensors")
+    if any(d < 0 for d in t.dims):
+        raise IKMDNError(f"{where} has negative dims {list(t.dims)[:8]}")
+    n = math.prod(t.dims)
+    typed = [name for name in _DATA_FIELDS if len(getattr(t, name))]
+    if t.data_type == TensorProto.STRING:
+        held, expected, unit = len(t.string_data), n, "strings"
+    elif t.data_type not in _BITS:
+        raise IKMDNError(f"{where} has data type {t.data_type}, which ikmdn does not read")
+    elif t.HasField("raw_data"):
+        if typed:
+            raise IKMDNError(f"{where} holds both raw data and typed values")
+        held, expected, unit = len(t.raw_data), -(-n * _BITS[t.data_type] // 8), "bytes"
+    else:
+        field, per = _FIELDS.get(t.data_type, ("int32_data", 1))
+        if typed and typed != [field]:
+            raise IKMDNError(f"{where} holds its values in {', '.join(typed)}, not {field}")
+        bits = _BITS[t.data_type]
+        held = len(getattr(t, field))
+        expected = n * per if bits >= 8 else -(-n * bits // 8)
+        unit = "values"
+    if held != expected:
+        raise IKMDNError(f"{where} declares dims {list(t.dims)[:8]} of {_type_name(t.data_type)} "
+                         f"({expected:,} {unit}) but holds {held:,}")
+
+
+def parse_model(data: bytes, source: str) -> onnx.ModelProto:
+    """The ModelProto of data after checking every tensor (check_tensor) and onnx.checker."""
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise IKMDNError(f"{source} is not a readable ONNX model: {_first_line(exc)}") from None
+    for where, tensor in _tensors(model):
+        check_tensor(tensor, f"{source}: {where}")
+    seen: set[str] = set()
+    for prop in model.metadata_props:  # before the checker, whose message would not name the key
+        if prop.key in METADATA_KEYS and prop.key in seen:
+            raise IKMDNError(f"{source}: metadata {prop.key} appears more than once")
+        seen.add(prop.key)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx.checker.ValidationError and others
+        raise IKMDNError(f"{source} is not a readable ONNX model: {_first_line(exc)}") from None
+    return model
+
+
+def read_metadata(model: onnx.ModelProto, source: str) -> dict[str, str]:
+    """The ikmdn metadata of a model (parse_model refused duplicated keys): each key of
+    METADATA_KEYS must be present."""
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    missing = [k for k in METADATA_KEYS if k not in meta]
+    if missing:
+        raise IKMDNError(f"{source} is an ONNX model but not an ikmdn model "
+                         f"(metadata lacks {', '.join(missing)})")
+    return meta
+
+
+def read_format(meta: dict[str, str], source: str) -> int:
+    text = meta["ikmdn.format"]
+    if len(text) > 10 or not text.strip().lstrip("+-").isdigit():
+        raise IKMDNError(f"{source}: ikmdn.format {short(text)} is not an integer")
+    fmt = int(text)
+    if fmt > ONNX_FORMAT:
+        raise IKMDNError(f"{source} has ikmdn.format {fmt}; this ikmdn reads format "
+                         f"{ONNX_FORMAT} or older: upgrade ikmdn")
+    if fmt < 1:
+        raise IKMDNError(f"{source}: ikmdn.format must be 1 to {ONNX_FORMAT}, got {fmt}")
+    return fmt
+
+
+def check_interface(graph: onnx.GraphProto, fmt: int, arm: Arm, source: str) -> int | None:
+    """The graph's inputs and outputs against format fmt's contract and the arm; returns the K
+    the graph declares (None when symbolic)."""
+    contract = CONTRACTS[fmt]
+    initializers = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    wanted_in = list(CONTRACT_INPUTS[fmt])
+    wanted_out = [name for name in contract if name not in wanted_in]
+    got_in, got_out = [v.name for v in inputs], [v.name for v in graph.output]
+    if got_in != wanted_in or got_out != wanted_out:
+        raise IKMDNError(f"{source}: expected input {wanted_in[0]!r} and outputs {wanted_out}, got "
+                         f"{short(got_in)} and {short(got_out)}")
+    sizes = {"target_dim": arm.target_dim, "dof": arm.dof}
+    declared: int | None = None
+    for value in (*inputs, *graph.output):
+        elem, axes = contract[value.name]
+        if not value.type.HasField("tensor_type"):
+            raise IKMDNError(f"{source}: {value.name} must be a tensor")
+        tensor = value.type.tensor_type
+        if tensor.elem_type != elem:
+            raise IKMDNError(f"{source}: {value.name} must be {_type_name(elem)}, got "
+                             f"{_type_name(tensor.elem_type)}")
+        dims = list(tensor.shape.dim) if tensor.HasField("shape") else None
+        if dims is None or len(dims) != len(axes):
+            rank = "no shape" if dims is None else f"rank {len(dims)}"
+            raise IKMDNError(f"{source}: {value.name} must have rank {len(axes)} "
+                             f"({', '.join(axes)}), got {rank}")
+        for axis, (label, dim) in enumerate(zip(axes, dims, strict=True)):
+            if not dim.HasField("dim_value"):
+                continue
+            size = dim.dim_value
+            if label == "N":
+                raise IKMDNError(f"{source}: {value.name} has a fixed batch size {size}; the batch "
+                                 "axis must be dynamic")
+            if label == "K":
+                if not 1 <= size <= MAX_COMPONENTS:
+                    raise IKMDNError(f"{source}: {value.name} declares K = {size:,} mixture components; "
+                                     f"ikmdn reads 1 to {MAX_COMPONENTS}")
+                if declared is not None and size != declared:
+                    raise IKMDNError(f"{source}: the outputs declare different K ({declared} and {size})")
+                declared = size
+            elif size != sizes[label]:
+                raise IKMDNError(f"{source}: {value.name} has size {size} on axis {axis} but its arm "
+                                 f"{arm.name!r} needs {sizes[label]}")
+    return declared
 
 
 class OnnxModel:
     """One InferenceSession per model, reused for every call.
 
-    Attributes: arm (rebuilt from the metadata), components (K), train_config and metrics (dicts),
-    version (ikmdn version that exported it), source (the file path).
+    Attributes: arm (rebuilt from the metadata), components (K, the graph's real one), format
+    (ikmdn.format), train_config and metrics (dicts), version (ikmdn version that exported it),
+    source (the file path).
     """
 
     def __init__(self, model: str | Path | bytes, threads: int | None = None,
                  source: str | None = None, spinning: bool = False):
+        options = session_options(threads, spinning)
         if isinstance(model, bytes):
             self.source = source or "<bytes>"
+            if len(model) > MAX_MODEL_BYTES:
+                raise IKMDNError(f"{self.source} is larger than {MAX_MODEL_BYTES >> 20} MB, the most "
+                                 "an ikmdn model may be")
+            data = model
         else:
             path = Path(model)
             self.source = str(path)
-            if not path.is_file():
-                raise IKMDNError(f"model file {path} does not exist")
-            model = str(path)
-        try:
-            self.session = ort.InferenceSession(model, session_options(threads, spinning),
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise IKMDNError(f"{self.source} is not a readable ONNX model: {first}") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in METADATA_KEYS if k not in meta]
-        if missing:
-            raise IKMDNError(f"{self.source} is an ONNX model but not an ikmdn model "
-                             f"(metadata lacks {', '.join(missing)})")
-        try:
-            fmt = int(meta["ikmdn.format"])
-        except ValueError:
-            raise IKMDNError(f"{self.source}: ikmdn.format {meta['ikmdn.format']!r} is not an "
-                             "integer") from None
-        if fmt > ONNX_FORMAT:
-            raise IKMDNError(f"{self.source} has ikmdn.format {fmt}; this ikmdn reads format "
-                             f"{ONNX_FORMAT} or older: upgrade ikmdn")
-        if fmt < 1:
-            raise IKMDNError(f"{self.source}: ikmdn.format must be 1 to {ONNX_FORMAT}, got {fmt}")
-        inputs = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
-        if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
-            raise IKMDNError(f"{self.source}: expected input {INPUT_NAME!r} and outputs "
-                             f"{list(OUTPUT_NAMES)}, got {inputs} and {outputs}")
-        self.arm: Arm = arm_from_spec(_json_field(meta, "ikmdn.arm", self.source))
-        self.train_config: dict[str, Any] = _json_field(meta, "ikmdn.train", self.source)
-        self.metrics: dict[str, Any] = _json_field(meta, "ikmdn.metrics", self.source)
+            data = read_model_bytes(path)
+        proto = parse_model(data, self.source)
+        meta = read_metadata(proto, self.source)
+        self.format = read_format(meta, self.source)
+        self.arm: Arm = self._json(meta, "ikmdn.arm", arm_from_spec)
+        self.train_config: dict[str, Any] = self._json(meta, "ikmdn.train")
+        self.metrics: dict[str, Any] = self._json(meta, "ikmdn.metrics")
         self.version = meta["ikmdn.version"]
-        k = self.session.get_outputs()[0].shape[1]
-        # A symbolic K (e.g. the least-squares graph's) is read off one probe call.
-        self._check_graph()
-        self.components = k if isinstance(k, int) else self.session.run(
-            ["weights"], {INPUT_NAME: np.zeros((1, self.arm.target_dim), np.float32)})[0].shape[1]
+        declared = check_interface(proto.graph, self.format, self.arm, self.source)
+        del proto
+        try:
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise IKMDNError(f"{self.source} is not a readable ONNX model: {_first_line(exc)}") from None
+        self.components = self._probe(declared)
 
-    def _check_graph(self) -> None:
-        """The graph's types and fixed sizes must agree with the contract and the arm."""
-        found = {io.name: (io.type, io.shape) for io in
-                 (*self.session.get_inputs(), *self.session.get_outputs())}
-        expected = {INPUT_NAME: (1, self.arm.target_dim), "weights": (1, None),
-                    "means": (2, self.arm.dof), "sigmas": (2, self.arm.dof)}
-        for name, (axis, size) in expected.items():
-            kind, shape = found[name]
-            if kind != "tensor(float)":
-                raise IKMDNError(f"{self.source}: {name} must be float32, got {kind}")
-            if size is not None and isinstance(shape[axis], int) and shape[axis] != size:
-                raise IKMDNError(f"{self.source}: {name} has size {shape[axis]} on axis {axis} but "
-                                 f"its arm {self.arm.name!r} needs {size}")
+    def _json(self, meta: dict[str, str], key: str, build=None) -> Any:
+        """The JSON object of a metadata key (through build, e.g. arm_from_spec), errors naming it."""
+        what = f"{self.source}: metadata {key}"
+        value = parse_json(meta[key], what, dict)
+        if build is None:
+            return value
+        try:
+            return build(value)
+        except IKMDNError as exc:
+            raise IKMDNError(f"{what}: {exc}") from None
+
+    def _probe(self, declared: int | None) -> int:
+        """The real K, read off one call; it must agree with the K the graph and the training
+        config declare."""
+        x = np.zeros((PROBE_ROWS, self.arm.target_dim), np.float32)
+        try:
+            weights, means, sigmas = self.session.run(OUTPUT_NAMES, {INPUT_NAME: x})
+        except Exception as exc:
+            raise IKMDNError(f"{self.source}: ONNX Runtime failed on a probe call: "
+                             f"{_first_line(exc)}") from None
+        k = weights.shape[1] if weights.ndim == 2 else -1
+        if not 1 <= k <= MAX_COMPONENTS:
+            raise IKMDNError(f"{self.source}: the model returned weights of shape {weights.shape}; "
+                             f"expected ({PROBE_ROWS}, K) with K from 1 to {MAX_COMPONENTS}")
+        self.components = k
+        self._check_shapes(weights, means, sigmas, PROBE_ROWS)
+        if declared is not None and declared != k:
+            raise IKMDNError(f"{self.source}: its graph declares K = {declared:,} mixture components "
+                             f"but returns {k}")
+        trained = self.train_config.get("components")
+        if isinstance(trained, int) and not isinstance(trained, bool) and trained != k:
+            raise IKMDNError(f"{self.source}: metadata ikmdn.train declares K = {trained:,} mixture "
+                             f"components but the graph returns {k}")
+        return k
+
+    def _check_shapes(self, weights: np.ndarray, means: np.ndarray, sigmas: np.ndarray, n: int) -> None:
+        k, dof = self.components, self.arm.dof
+        for name, value, shape in (("weights", weights, (n, k)), ("means", means, (n, k, dof)),
+                                   ("sigmas", sigmas, (n, k, dof))):
+            if value.shape != shape or value.dtype != np.float32:
+                raise IKMDNError(f"{self.source}: the model returned {name} {value.dtype} "
+                                 f"{value.shape} for {n} targets; expected float32 {shape}")
+
+    def _check_values(self, weights: np.ndarray, means: np.ndarray, sigmas: np.ndarray) -> None:
+        """Weights finite, >= 0, rows summing to 1 within WEIGHT_SUM_ATOL; means finite; sigmas
+        finite and > 0: else an IKMDNError saying what, for how many targets, and the first row."""
+        n = len(weights)
+        sums = weights.sum(axis=1, dtype=np.float64)
+        if (np.isfinite(sums).all() and weights.min(initial=0.0) >= 0
+                and np.abs(sums - 1.0).max(initial=0.0) <= WEIGHT_SUM_ATOL
+                and np.isfinite(means).all()
+                and np.isfinite(sigmas).all() and sigmas.min(initial=1.0) > 0):
+            return
+        flat = {"weights": weights, "means": means.reshape(n, -1), "sigmas": sigmas.reshape(n, -1)}
+        checks = []
+        for name, value in flat.items():
+            checks += [(f"NaN {name}", np.isnan(value).any(axis=1)),
+                       (f"infinite {name}", np.isinf(value).any(axis=1))]
+        checks += [("negative weights", (weights < 0).any(axis=1)),
+                   (f"weights that do not sum to 1 (within {WEIGHT_SUM_ATOL:g})",
+                    np.abs(sums - 1.0) > WEIGHT_SUM_ATOL),
+                   ("sigmas that are not positive", (sigmas.reshape(n, -1) <= 0).any(axis=1))]
+        for what, bad in checks:
+            count = int(np.count_nonzero(bad))
+            if count:
+                raise IKMDNError(f"{self.source}: the model returned {what} for {count:,} of {n:,} "
+                                 f"targets (first: row {int(np.argmax(bad))})")
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None) -> OnnxModel:
@@ -123,15 +391,26 @@ class OnnxModel:
         """Mixture over joints (float32) for targets (N, target_dim) in physical units.
 
         A single target (target_dim,) is promoted to (1, target_dim); an empty batch gives empty
-        arrays. Wrong shapes and NaN or infinite values raise IKMDNError.
+        arrays. Wrong shapes, NaN or infinite values and coordinates beyond +-MAX_TARGET raise
+        IKMDNError; so do outputs that break the contract (NaN, negative sigmas, weights not
+        summing to 1); an ONNX Runtime failure raises JobFailedError.
         """
         x = as_batch(targets, self.arm.target_dim, "targets")
-        if np.any(np.abs(x) > np.finfo(np.float32).max):
-            raise IKMDNError("targets must fit in float32 (|value| < 3.4e38)")
+        beyond = np.abs(x) > MAX_TARGET
+        if beyond.any():
+            row, col = (int(i) for i in np.argwhere(beyond)[0])
+            raise IKMDNError(f"targets must lie within +-{MAX_TARGET:.0e} (the model computes in "
+                             f"float32): row {row} has {self.arm.target_names[col]} = {x[row, col]:.3g}")
         x = x.astype(np.float32)
+        k, dof = self.components, self.arm.dof
         if len(x) == 0:
-            k, dof = self.components, self.arm.dof
             return Mixture(np.zeros((0, k), np.float32), np.zeros((0, k, dof), np.float32),
                            np.zeros((0, k, dof), np.float32))
-        weights, means, sigmas = self.session.run(OUTPUT_NAMES, {INPUT_NAME: x})
+        try:
+            weights, means, sigmas = self.session.run(OUTPUT_NAMES, {INPUT_NAME: x})
+        except Exception as exc:  # onnxruntime's own types (Fail, RuntimeException, ...), MemoryError
+            raise JobFailedError(f"{self.source}: ONNX Runtime failed on {len(x):,} targets: "
+                                 f"{_first_line(exc)}") from None
+        self._check_shapes(weights, means, sigmas, len(x))
+        self._check_values(weights, means, sigmas)
         return Mixture(weights, means, sigmas)

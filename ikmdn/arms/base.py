@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ikmdn.errors import IKMDNError
+from ikmdn.untrusted import short
 
 TWO_PI = 2.0 * math.pi
 
@@ -53,8 +54,10 @@ class Arm(abc.ABC):
     def __init__(self, name: str, joint_limits: Any, target_names: tuple[str, ...],
                  angular_targets: tuple[bool, ...]):
         limits = np.array(joint_limits, dtype=np.float64)
-        if limits.ndim != 2 or limits.shape[1] != 2 or not np.all(limits[:, 0] < limits[:, 1]):
-            raise IKMDNError(f"joint_limits must be [[lo, hi], ...] with lo < hi, got {joint_limits}")
+        if (limits.ndim != 2 or limits.shape[1] != 2 or not np.all(np.isfinite(limits))
+                or not np.all(limits[:, 0] < limits[:, 1])):
+            raise IKMDNError(f"joint_limits must be [[lo, hi], ...] finite numbers with lo < hi, got "
+                             f"{short(joint_limits)}")
         if len(target_names) != len(angular_targets):
             raise IKMDNError("target_names and angular_targets must have the same length")
         self.name = name
@@ -289,20 +292,87 @@ def get_arm(name: str) -> Arm:
 _SPEC_KEYS = ("name", "kind", "dof", "target_dim", "joint_limits")
 
 
+def _is_number(value: Any) -> bool:
+    numeric = isinstance(value, (int, float, np.integer, np.floating))
+    return numeric and not isinstance(value, (bool, np.bool_))
+
+
+def spec_numbers(value: Any, key: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    """A spec field (JSON numbers in nested lists) as a finite float64 array of that shape (None:
+    any size on that axis). Strings, booleans, nulls, ragged lists, NaN and infinities raise an
+    IKMDNError naming key."""
+    dims = ", ".join("n" if s is None else str(s) for s in shape)
+    wrong = f"{key} must be finite numbers of shape ({dims}{',' if len(shape) == 1 else ''}), got "
+    if isinstance(value, np.ndarray):
+        ok = value.dtype.kind in "iuf"
+    else:
+        ok, stack = True, [value]
+        while stack and ok:
+            item = stack.pop()
+            if isinstance(item, (list, tuple)):
+                stack.extend(item)
+            elif isinstance(item, np.ndarray):
+                ok = item.dtype.kind in "iuf"
+            else:
+                ok = _is_number(item)
+    if not ok:
+        raise IKMDNError(wrong + short(value))
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):  # ragged lists, integers beyond float64
+        raise IKMDNError(wrong + short(value)) from None
+    if arr.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, arr.shape, strict=True)):
+        raise IKMDNError(wrong + f"shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise IKMDNError(wrong + short(value))
+    return arr
+
+
+def spec_number(value: Any, key: str) -> float:
+    """A finite number from a spec field; IKMDNError naming key otherwise."""
+    if not _is_number(value) or not math.isfinite(value):
+        raise IKMDNError(f"{key} must be a finite number, got {short(value)}")
+    return float(value)
+
+
+def spec_text(value: Any, key: str, optional: bool = False) -> str | None:
+    """A string from a spec field (None allowed when optional); IKMDNError naming key otherwise."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise IKMDNError(f"{key} must be a string{' or null' if optional else ''}, got {short(value)}")
+    return value
+
+
 def arm_from_spec(spec: dict[str, Any]) -> Arm:
-    """Rebuild the arm described by spec (from Arm.spec); its fk is identical to the original's."""
+    """Rebuild the arm described by spec (from Arm.spec); its fk is identical to the original's.
+
+    spec may come from an untrusted file: every field is checked (types, shapes, finite numbers)
+    and a bad one raises a one-line IKMDNError naming it.
+    """
     if not isinstance(spec, dict):
         raise IKMDNError(f"arm spec must be a JSON object, got {type(spec).__name__}")
     missing = [k for k in _SPEC_KEYS if k not in spec]
     if missing:
         raise IKMDNError(f"arm spec lacks {', '.join(missing)}")
-    if spec["kind"] not in _KINDS:
-        raise IKMDNError(f"unknown arm kind {spec['kind']!r}; known kinds: {', '.join(sorted(_KINDS))}")
+    kind = spec["kind"]
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise IKMDNError(f"unknown arm kind {short(kind)}; known kinds: {', '.join(sorted(_KINDS))}")
+    spec_text(spec["name"], "arm spec name")
+    for key in ("dof", "target_dim"):
+        value = spec[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise IKMDNError(f"arm spec {key} must be a positive integer, got {short(value)}")
     params = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
     try:
-        arm = _KINDS[spec["kind"]].from_params(spec["name"], spec["joint_limits"], params)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise IKMDNError(f"invalid {spec['kind']} arm spec: {exc!r}") from None
+        limits = spec_numbers(spec["joint_limits"], "joint_limits", (None, 2))
+        arm = _KINDS[kind].from_params(spec["name"], limits.tolist(), params)
+    except IKMDNError as exc:
+        raise IKMDNError(f"invalid {kind} arm spec: {exc}") from None
+    except KeyError as exc:
+        raise IKMDNError(f"invalid {kind} arm spec: it lacks {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise IKMDNError(f"invalid {kind} arm spec: {short(exc, 120)}") from None
     if arm.dof != spec["dof"] or arm.target_dim != spec["target_dim"]:
         raise IKMDNError(
             f"arm spec says dof={spec['dof']}, target_dim={spec['target_dim']} but its parameters "

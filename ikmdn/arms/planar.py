@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ikmdn.arms.base import Arm, register_kind, register_preset, wrap_angle
+from ikmdn.arms.base import Arm, register_kind, register_preset, spec_numbers, spec_text, wrap_angle
 from ikmdn.errors import IKMDNError
+from ikmdn.untrusted import short
 
 
 @register_kind
@@ -70,6 +71,13 @@ class PlanarArm(Arm):
             jac[2] = 1.0
         return out, jac
 
+    def kernel_data(self) -> dict[str, Any]:
+        """The kinematics as plain values for the compiled refinement kernel (`ikmdn.kernels`):
+        {"family": "planar", "orientation": bool, "link_lengths": (dof,), "joint_offsets": (dof,)},
+        float64 arrays (copies). The kernel computes what `kinematics_t` and `residual` compute."""
+        return {"family": "planar", "orientation": self.orientation,
+                "link_lengths": self.link_lengths.copy(), "joint_offsets": self.joint_offsets.copy()}
+
     def fk_torch(self, q):
         """Torch twin of fk: (N, dof) tensor -> (N, target_dim), differentiable."""
         import torch
@@ -91,8 +99,15 @@ class PlanarArm(Arm):
 
     @classmethod
     def from_params(cls, name: str, joint_limits: list, params: dict[str, Any]) -> PlanarArm:
-        return cls(name, params["link_lengths"], joint_limits,
-                   params.get("joint_offsets"), params.get("orientation", False))
+        """The arm of a spec's fields; each is checked (finite numbers, right types and lengths)."""
+        lengths = spec_numbers(params["link_lengths"], "link_lengths", (None,))
+        offsets = params.get("joint_offsets")
+        if offsets is not None:
+            offsets = spec_numbers(offsets, "joint_offsets", (lengths.size,))
+        orientation = params.get("orientation", False)
+        if not isinstance(orientation, bool):
+            raise IKMDNError(f"orientation must be true or false, got {short(orientation)}")
+        return cls(spec_text(name, "name"), lengths, joint_limits, offsets, orientation)
 
 
 PI = math.pi

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ikmdn.arms.base import Arm, as_batch, register_kind
+from ikmdn.arms.base import Arm, as_batch, register_kind, spec_number, spec_numbers, spec_text
 from ikmdn.arms.rotations import (
     log_map_t,
     matrix_to_6d,
@@ -47,6 +47,7 @@ from ikmdn.arms.rotations import (
     sixd_to_matrix_t,
 )
 from ikmdn.errors import IKMDNError
+from ikmdn.untrusted import short
 
 JOINT_TYPES = ("revolute", "prismatic")
 TARGET_MODES = ("position", "pose")
@@ -239,6 +240,17 @@ class SerialArm(Arm):
         scale = self.rotation_weight if self.target == "pose" else None
         return out, self._jacobian_t(frames, pos, scale)
 
+    def kernel_data(self) -> dict[str, Any]:
+        """The kinematics as plain values for the compiled refinement kernel (`ikmdn.kernels`):
+        {"family": "serial", "pose": bool (pose targets, else position), "rotation_weight": float,
+        "fixed": (dof + 1, 3, 4) the top rows of the fixed transforms of `_walk` (each joint acting
+        on z; entries below 1e-15 snapped to 0), "revolute": (dof,) bool}. The kernel walks the
+        chain as `_walk` does and computes what `kinematics_t` and `residual` compute."""
+        return {"family": "serial", "pose": self.target == "pose",
+                "rotation_weight": self.rotation_weight,
+                "fixed": np.array(self._fixed, dtype=np.float64)[:, :3, :],
+                "revolute": np.array(self._revolute, dtype=bool)}
+
     def poses(self, q) -> np.ndarray:
         """Hand poses (N, 4, 4) float64 in the base frame for joints q (N, dof); (dof,) is promoted."""
         q = as_batch(q, self.dof, "joints")
@@ -337,13 +349,40 @@ class SerialArm(Arm):
 
     @classmethod
     def from_params(cls, name: str, joint_limits: list, params: dict[str, Any]) -> SerialArm:
-        joints = [Joint.make(j["type"], j["origin"], j["axis"]) for j in params["joints"]]
-        return cls(name, joints, joint_limits, tip=params.get("tip"),
-                   target=params.get("target", "pose"),
-                   rotation_weight=params.get("rotation_weight", DEFAULT_ROTATION_WEIGHT),
-                   joint_names=params.get("joint_names"), base_frame=params.get("base_frame"),
-                   tip_frame=params.get("tip_frame"), tool=params.get("tool"),
-                   locked=params.get("locked"))
+        """The arm of a spec's fields; each is checked (finite numbers, right types and shapes)."""
+        raw_joints = params["joints"]
+        if not isinstance(raw_joints, list):
+            raise IKMDNError(f"joints must be a list of joints, got {short(raw_joints)}")
+        joints = []
+        for i, j in enumerate(raw_joints):
+            what = f"joints[{i}]"
+            if not isinstance(j, dict):
+                raise IKMDNError(f"{what} must be an object with type, origin and axis, got {short(j)}")
+            for key in ("type", "origin", "axis"):
+                if key not in j:
+                    raise IKMDNError(f"{what} lacks {key!r}")
+            joints.append(Joint.make(spec_text(j["type"], f"{what}.type"),
+                                     spec_numbers(j["origin"], f"{what}.origin", (4, 4)),
+                                     spec_numbers(j["axis"], f"{what}.axis", (3,))))
+        transforms = {key: None if params.get(key) is None else spec_numbers(params[key], key, (4, 4))
+                      for key in ("tip", "tool")}
+        names = params.get("joint_names")
+        if names is not None and (not isinstance(names, list)
+                                  or not all(isinstance(n, str) for n in names)):
+            raise IKMDNError(f"joint_names must be a list of strings, got {short(names)}")
+        locked = params.get("locked")
+        if locked is not None:
+            if not isinstance(locked, dict):
+                raise IKMDNError(f"locked must be an object (joint name -> value), got {short(locked)}")
+            locked = {k: spec_number(v, f"locked[{k!r}]") for k, v in locked.items()}
+        return cls(spec_text(name, "name"), joints, joint_limits, tip=transforms["tip"],
+                   target=spec_text(params.get("target", "pose"), "target"),
+                   rotation_weight=spec_number(params.get("rotation_weight", DEFAULT_ROTATION_WEIGHT),
+                                               "rotation_weight"),
+                   joint_names=names,
+                   base_frame=spec_text(params.get("base_frame"), "base_frame", optional=True),
+                   tip_frame=spec_text(params.get("tip_frame"), "tip_frame", optional=True),
+                   tool=transforms["tool"], locked=locked)
 
 
 # -- pose targets from user input ---------------------------------------------------------------

@@ -516,6 +516,9 @@ def _chain_limits(joint: UrdfJoint) -> list[float]:
     if joint.limits is None:
         raise IKMDNError(f"{what} needs <limit lower=... upper=...> with numbers")
     lo, hi = joint.limits
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise IKMDNError(f"{what} has limits lower={lo}, upper={hi}: both must be finite numbers "
+                         "(a joint that turns without limits is type=\"continuous\")")
     if not lo < hi:
         raise IKMDNError(f"{what} has limits lower={lo}, upper={hi}: lower must be below upper")
     return [lo, hi]
