@@ -14,15 +14,21 @@ from ikmdn.cli._base import THREADS, cli, default_model, positive
 
 
 def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
+    from ikmdn.targets_io import MAX_ABS, show
+
     numbers = []
     for v in values:
         try:
             numbers.append(float(v))
         except ValueError:
-            raise click.BadParameter(f"{v!r} is neither an option nor a number",
+            raise click.BadParameter(f"{show(v)} is neither an option nor a number",
                                      param_hint="COORDINATES") from None
         if not math.isfinite(numbers[-1]):
-            raise click.BadParameter(f"coordinates must be finite, got {v!r}",
+            raise click.BadParameter(f"coordinates must be finite, got {show(v)}",
+                                     param_hint="COORDINATES")
+        if abs(numbers[-1]) > MAX_ABS:
+            raise click.BadParameter(f"{show(v)} does not fit in float32 (|value| must be below "
+                                     "3.4e38)",
                                      param_hint="COORDINATES")
     return numbers
 
@@ -41,11 +47,15 @@ def _joint_vector(text: str, arm, option: str) -> np.ndarray:
 
 
 def _near_rows(path: Path, arm, total: int) -> np.ndarray:
-    """Reference joints from a file: (1, dof) or (total, dof)."""
+    """Reference joints from a file: (1, dof) or (total, dof); a header line may name the joints."""
+    from ikmdn.errors import IKMDNError
     from ikmdn.targets_io import TargetsFile
 
-    source = TargetsFile(path, arm.dof)
-    rows = np.concatenate(list(source.batches(max(1, len(source))))) if len(source) else None
+    try:
+        source = TargetsFile(path, arm.dof, names=arm.joint_names, what="file")
+        rows = np.concatenate(list(source.batches(max(1, len(source))))) if len(source) else None
+    except IKMDNError as exc:
+        raise click.BadParameter(str(exc), param_hint="--near-file") from None
     if rows is None or len(rows) not in (1, total):
         raise click.BadParameter(f"{path} must hold one row of {arm.dof} joints or one per target "
                                  f"({total}), got {0 if rows is None else len(rows)}",
@@ -98,6 +108,8 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
     """Every IK solution for one target (COORDINATES) or a file of targets (--targets).
 
     Each mixture mode is a candidate: checked by forward kinematics, refined, deduplicated.
+    Every target is checked before anything is printed; output comes in whole batches, and
+    --output writes its .npz whole or not at all.
     Pose arms (ur5, panda) take a hand pose: position x y z in metres and a unit quaternion
     qw qx qy qz, as 7 coordinates or 7 columns.
 
@@ -109,6 +121,7 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
 
     Example: ikmdn solve --model ur5.onnx --path --targets line.csv --start 0,-1.5,1.5,0,1.6,0
     """
+    from ikmdn.runtime import MAX_TARGET
     from ikmdn.solve import IKSolver
     from ikmdn.solve_output import (
         POSE_INPUT,
@@ -118,7 +131,7 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
         write_path,
         write_table,
     )
-    from ikmdn.targets_io import TargetsFile
+    from ikmdn.targets_io import TargetsFile, pose_rows, within
 
     if bool(coordinates) == bool(targets_path):
         raise click.UsageError("give either target COORDINATES or --targets FILE (one of them)")
@@ -143,15 +156,23 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
     if pose and not arm.pose_targets:
         raise click.BadParameter(f"arm {arm.name} takes ({', '.join(arm.target_names)}), not a pose",
                                  param_hint="--pose")
+    # Every input row is checked here, before the first byte of output: a file whole (values,
+    # and pose rows' quaternions, with their line numbers), the coordinates, the --near rows.
     names = POSE_INPUT if arm.pose_targets else arm.target_names
+    checks = ([within(MAX_TARGET, names, 3), pose_rows] if arm.pose_targets  # x y z; quaternion
+              else [within(MAX_TARGET, names)])
     if targets_path:
-        source = TargetsFile(targets_path, len(names))
+        source = TargetsFile(targets_path, len(names), names=names, checks=checks)
         total, chunks = len(source), source.batches(solver.batch_size)
     else:
         if len(numbers) != len(names):
             raise click.BadParameter(
                 f"arm {arm.name} takes {len(names)} coordinates ({', '.join(names)}), "
                 f"got {len(numbers)}", param_hint="COORDINATES")
+        for check in checks:
+            problem = check(np.array([numbers]))
+            if problem is not None:
+                raise click.BadParameter(problem[1], param_hint="COORDINATES")
         total, chunks = 1, iter([np.array([numbers])])
     if arm.pose_targets:
         from ikmdn.arms.serial import pose_targets
