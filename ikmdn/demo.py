@@ -8,6 +8,7 @@ several outputs fit) and writes the post's figures, metrics.json and report.md. 
 from __future__ import annotations
 
 import json
+import numbers
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +52,7 @@ VARIANTS = {
                           x_name="x", y_name="t"),
 }
 TEST_SAMPLES = 2000
+MAX_SEED = 2**32 - 1  # torch and numpy both take it (the demo also uses seed + 1)
 GRID_IN, GRID_OUT = 400, 300  # resolution of the curves and of the density heat map
 FIGURES = {"forward": "forward.png", "inverted_least_squares": "inverted_least_squares.png",
            "mdn_modes_samples": "mdn_modes_samples.png", "mixing": "mixing.png",
@@ -84,6 +86,8 @@ class SinusoidDemo:
         """settings: overrides VARIANTS[variant] (e.g. a smaller network for tests)."""
         if variant not in VARIANTS:
             raise IKMDNError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+            raise IKMDNError(f"seed must be an integer from 0 to {MAX_SEED:,}, got {str(seed)[:40]}")
         try:
             import ikmdn.train  # noqa: F401  (the demo needs torch: fail early without it)
         except ImportError:

@@ -39,6 +39,14 @@ from ikmdn.outdir import prepare_out_dir
 
 FORMAT = 1
 DEFAULT_SAMPLES = 5000
+# Limits on --samples, checked before anything is allocated: the evaluation holds every target's
+# K candidates several times over (mixture, unrefined and refined solutions, answers per method).
+# Peak memory measured per target: bishop (K=2, 2 joints) ~2.5 KB, ur5 (K=32, 6 joints) ~57 KB;
+# evaluation_bytes() is a slight overestimate of both.
+MAX_SAMPLES = 10_000_000
+MAX_MEMORY = 8 * 2**30
+BYTES_PER_TARGET = 2048
+BYTES_PER_CANDIDATE_JOINT = 320
 DEFAULT_SEED = 2024  # not the training seed (0), so the test targets are fresh
 QUIVER_TARGETS = 300       # arrows per quiver panel
 JOINT_PLOT_TARGETS = 1000  # targets whose K candidates are drawn in joint space
@@ -102,6 +110,12 @@ def figures_for(arm, baseline: bool = False) -> dict[str, str]:
     return {**figures, **(BASELINE_FIGURES if baseline else {})}
 
 
+def evaluation_bytes(samples: int, solvers) -> int:
+    """Estimated peak memory (bytes) of evaluating solvers (IKSolvers) on samples targets."""
+    return samples * sum(BYTES_PER_TARGET + BYTES_PER_CANDIDATE_JOINT * s.model.components * s.arm.dof
+                         for s in solvers)
+
+
 def _kind_label(evaluation: Evaluation) -> str:
     m = evaluation.metrics["model"]
     return "least squares" if m["kind"] == "least_squares" else f"MDN (K={m['components']})"
@@ -119,15 +133,26 @@ class EvaluationJob:
                  force: bool = False, threads: int | None = None):
         from ikmdn.solve import IKSolver
 
-        if not isinstance(samples, numbers.Integral) or samples <= 0:
+        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples <= 0:
             raise IKMDNError(f"number of test targets (--samples) must be a positive integer, "
-                             f"got {samples!r}")
+                             f"got {str(samples)[:40]}")
+        if samples > MAX_SAMPLES:
+            raise IKMDNError(f"number of test targets (--samples) must be at most {MAX_SAMPLES:,}, "
+                             f"got {int(samples):,}")
         self.model_path, self.baseline_path = Path(model), baseline and Path(baseline)
         self.solver = IKSolver.load(model, threads=threads)
         self.baseline = IKSolver.load(baseline, threads=threads) if baseline else None
         if self.baseline and self.baseline.arm.spec() != self.solver.arm.spec():
             raise IKMDNError(f"the baseline {baseline} is for arm {self.baseline.arm.name!r}, the "
                              f"model {model} for arm {self.solver.arm.name!r}; they must match")
+        solvers = [self.solver] + ([self.baseline] if self.baseline else [])
+        needed = evaluation_bytes(int(samples), solvers)
+        if needed > MAX_MEMORY:
+            most = MAX_MEMORY // evaluation_bytes(1, solvers)
+            raise IKMDNError(f"--samples {int(samples):,} would need about {needed / 2**30:,.1f} GiB "
+                             f"of memory with this model (K={self.solver.model.components}, "
+                             f"{self.solver.arm.dof} joints); the limit is "
+                             f"{MAX_MEMORY / 2**30:.0f} GiB: use at most {most:,} targets")
         self.samples, self.seed = int(samples), seed
         self.out = prepare_out_dir(out_dir, force)
 

@@ -203,7 +203,7 @@ class IKSolver:
         if not path.exists():
             raise IKMDNError(f"model {path} does not exist")
         try:
-            from ikmdn.train import CheckpointModel
+            from ikmdn.checkpoint import CheckpointModel
         except ImportError:
             raise IKMDNError(f"{path} is a training checkpoint, which needs torch; install "
                              "ikmdn[train] or export it to .onnx with `ikmdn export`") from None

@@ -6,10 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
+import re
+import shlex
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +21,50 @@ import torch
 
 from ikmdn import __version__
 from ikmdn.arms import Arm, arm_from_spec, get_arm
-from ikmdn.arms.base import as_batch
+from ikmdn.checkpoint import (  # noqa: F401  (re-exported: the checkpoint file lives in ikmdn.checkpoint)
+    CHECKPOINT_NAME,
+    FORMAT_VERSION,
+    Checkpoint,
+    CheckpointModel,
+    load_checkpoint,
+    read_resume_state,
+    restore_trainer,
+)
 from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError, JobFailedError
 from ikmdn.mdn import MDN, MDNConfig
-from ikmdn.mixture import Mixture
-from ikmdn.outdir import prepare_out_dir, write_atomically
+from ikmdn.outdir import run_folder, signals_raise, write_atomically
 
-FORMAT_VERSION = 1
-CHECKPOINT_NAME = "model.pt"
+# Size limits, checked by TrainConfig before anything is allocated: far above any useful run (the
+# largest shipped model has 4 x 256 hidden units, K = 32, 1.5M samples per epoch, 12 epochs), far
+# below what exhausts a workstation's memory.
+MAX_COMPONENTS = 1024
+MAX_WIDTH = 16_384               # units in one hidden layer
+MAX_LAYERS = 16                  # hidden layers
+MAX_SAMPLES = 1_000_000_000      # training pairs per epoch (streamed in chunks, never held whole)
+MAX_EPOCHS = 10_000
+MAX_PARAMETERS = 100_000_000     # 400 MB of float32 weights (Adam's moments and gradients: x4)
+MAX_ACTIVATIONS = 2**28          # rows x units in one forward pass: 1 GiB of float32
+MAX_SEED = 2**32 - 1
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]{1,3})?")
+
+
+def _short(value: Any) -> str:
+    """repr(value), cut to a short prefix for error messages."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _integer(name: str, value: Any, lo: int, hi: int) -> int:
+    """value as an int in [lo, hi] (an integral number, not a bool), else IKMDNError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise IKMDNError(f"{name} must be an integer, got {_short(value)}")
+    if not lo <= value <= hi:
+        raise IKMDNError(f"{name} must be an integer from {lo:,} to {hi:,}, got {int(value):,}")
+    return int(value)
 
 
 @dataclass
@@ -61,19 +100,51 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.arm, Arm):
             self.arm = self.arm.spec()
-        self.build_arm()  # a name or spec that makes no arm fails here, before any work
-        self.hidden = tuple(int(h) for h in self.hidden)
-        for name in ("samples", "components", "epochs", "batch_size"):
-            if int(getattr(self, name)) <= 0:
-                raise IKMDNError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise IKMDNError(f"lr must be a positive number, got {self.lr}")
-        if self.seed < 0:
-            raise IKMDNError(f"seed must be a non-negative integer, got {self.seed}")
-        if not 0 < self.val_fraction < 1:
-            raise IKMDNError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        arm = self.build_arm()  # a name or spec that makes no arm fails here, before any work
+        if isinstance(self.hidden, (str, bytes)) or not isinstance(self.hidden, (list, tuple)):
+            raise IKMDNError(f"hidden must be a list of layer widths such as [128, 128], "
+                             f"got {_short(self.hidden)}")
+        if len(self.hidden) > MAX_LAYERS:
+            raise IKMDNError(f"hidden (--hidden) has {len(self.hidden)} layers; at most "
+                             f"{MAX_LAYERS} are allowed")
+        self.hidden = tuple(_integer("hidden width (--hidden)", h, 1, MAX_WIDTH) for h in self.hidden)
+        for name, limit in (("samples", MAX_SAMPLES), ("components", MAX_COMPONENTS),
+                            ("epochs", MAX_EPOCHS), ("batch_size", MAX_SAMPLES)):
+            setattr(self, name, _integer(f"{name} (--{name.replace('_', '-')})",
+                                         getattr(self, name), 1, limit))
+        self.seed = _integer("seed (--seed)", self.seed, 0, MAX_SEED)
+        if self.batch_size > self.samples:
+            raise IKMDNError(f"batch_size (--batch-size) {self.batch_size:,} is larger than samples "
+                             f"(--samples) {self.samples:,}; give at most {self.samples:,}")
+        if not (isinstance(self.lr, numbers.Real) and math.isfinite(self.lr) and self.lr > 0):
+            raise IKMDNError(f"lr must be a positive number, got {_short(self.lr)}")
+        if not (isinstance(self.val_fraction, numbers.Real) and 0 < self.val_fraction < 1):
+            raise IKMDNError(f"val_fraction must be in (0, 1), got {_short(self.val_fraction)}")
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
+            raise IKMDNError(f"device (--device) must be cpu, cuda or cuda:N, got {_short(self.device)}")
         if self.kind == "least_squares":
             self.components = 1  # the conditional mean: one output per joint
+        self._check_memory(arm)
+
+    def _check_memory(self, arm: Arm) -> None:
+        """Refuse networks and batches whose implied memory is beyond MAX_PARAMETERS weights or
+        MAX_ACTIVATIONS activations per forward pass, before anything is allocated."""
+        outputs = self.components * (arm.dof if self.kind == "least_squares" else 1 + 2 * arm.dof)
+        features, parameters = 2 * arm.target_dim, 0  # angles enter as (cos, sin): at most 2x
+        for width in (*self.hidden, outputs):
+            parameters += (features + 1) * width
+            features = width
+        if parameters > MAX_PARAMETERS:
+            raise IKMDNError(f"the network (--hidden {','.join(map(str, self.hidden))}, --components "
+                             f"{self.components}) would have about {parameters:,} weights; at most "
+                             f"{MAX_PARAMETERS:,} are allowed")
+        rows = max(self.batch_size, validation_size(self))
+        activations = rows * (sum(self.hidden) + outputs)
+        if activations > MAX_ACTIVATIONS:
+            raise IKMDNError(f"{rows:,} rows per forward pass (--batch-size, or the validation "
+                             f"set) through {sum(self.hidden) + outputs:,} units would hold "
+                             f"{activations:,} activations; at most {MAX_ACTIVATIONS:,} are "
+                             "allowed: use a smaller --batch-size or --hidden")
 
     def build_arm(self) -> Arm:
         """The arm this run trains on: the preset called `arm`, or the arm its spec describes."""
@@ -140,59 +211,15 @@ def arm_defaults(arm: Arm) -> dict[str, Any]:
 
 def default_config(arm: str | Arm, **overrides: Any) -> TrainConfig:
     """The default TrainConfig for arm (a preset name or an Arm), with overrides (None values
-    ignored): see arm_defaults."""
+    ignored): see arm_defaults. A default batch size is at most the samples given."""
     built = get_arm(arm) if isinstance(arm, str) else arm
     if not isinstance(built, Arm):
         raise IKMDNError(f"arm must be a preset name or an Arm, got {type(arm).__name__}")
-    values = {**arm_defaults(built), **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values = {**arm_defaults(built), **given}
+    if "batch_size" not in given and isinstance(given.get("samples"), int) and given["samples"] > 0:
+        values["batch_size"] = min(values.get("batch_size", TrainConfig.batch_size), given["samples"])
     return TrainConfig(arm=arm if isinstance(arm, str) else built.spec(), **values)
-
-
-@dataclass
-class Checkpoint:
-    """A trained model with everything needed to use and describe it."""
-
-    model: MDN
-    config: TrainConfig
-    arm: Arm
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: str | Path) -> None:
-        """Write a torch file loadable with torch.load(weights_only=True): JSON strings + tensors."""
-        payload = {
-            "format": FORMAT_VERSION,
-            "ikmdn_version": __version__,
-            "model_config": json.dumps(self.model.config.to_dict()),
-            "train_config": json.dumps(self.config.to_dict()),
-            "arm": json.dumps(self.arm.spec()),
-            "metrics": json.dumps(self.metrics),
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-        }
-        write_atomically(path, lambda tmp: torch.save(payload, tmp))
-
-
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint file, or the model.pt inside a training run folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise IKMDNError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch raises many types for a bad file
-        raise IKMDNError(f"{path} is not an ikmdn checkpoint (torch cannot load it as plain "
-                         "tensors and JSON)") from None
-    if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise IKMDNError(f"{path} is not an ikmdn checkpoint (no state_dict)")
-    if payload.get("format", 0) > FORMAT_VERSION:
-        raise IKMDNError(f"{path} has checkpoint format {payload['format']}; this ikmdn reads "
-                         f"format {FORMAT_VERSION} or older: upgrade ikmdn")
-    model = MDN(MDNConfig.from_dict(json.loads(payload["model_config"])))
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    return Checkpoint(model, TrainConfig.from_dict(json.loads(payload["train_config"])),
-                      arm_from_spec(json.loads(payload["arm"])), json.loads(payload["metrics"]))
 
 
 @dataclass
@@ -211,6 +238,11 @@ LAST_NAME = "last.pt"
 MAX_VALIDATION = 50_000
 
 
+def validation_size(config: TrainConfig) -> int:
+    """Validation pairs of a run: val_fraction x samples, at least 1,000, at most MAX_VALIDATION."""
+    return min(MAX_VALIDATION, max(1000, round(config.val_fraction * config.samples)))
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 1% of the peak learning rate."""
     if step < warmup:
@@ -224,8 +256,13 @@ def _device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise IKMDNError(f"unknown torch device {name!r}; use cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise IKMDNError(f"unsupported torch device {name!r}; use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise IKMDNError(f"device {name!r} requested but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise IKMDNError(f"device {name!r} requested but torch sees {torch.cuda.device_count()} "
+                         "CUDA device(s)")
     return device
 
 
@@ -321,10 +358,10 @@ class Trainer:
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 if on_best:
                     on_best(self.model, record)
+            if on_epoch_end:  # the epoch's state is saved before anyone is told about it
+                on_epoch_end(self)
             if on_epoch:
                 on_epoch(record)
-            if on_epoch_end:
-                on_epoch_end(self)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.model.eval()
@@ -365,18 +402,21 @@ def build_model(arm: Arm, config: TrainConfig) -> MDN:
 
 
 def write_history(path: Path, history: list[EpochRecord]) -> None:
-    """history.csv: one row per epoch."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(EpochRecord)])
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in history)
+    """history.csv: one row per epoch (written atomically)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(EpochRecord)])
+            writer.writeheader()
+            writer.writerows(asdict(r) for r in history)
+
+    write_atomically(path, write)
 
 
 def _trainer_for(config: TrainConfig) -> tuple[Arm, Trainer]:
     arm = config.build_arm()
     stream = ArmStream(arm, config.samples, config.seed, resample=config.resample)
-    n_val = min(MAX_VALIDATION, max(1000, round(config.val_fraction * config.samples)))
-    return arm, Trainer(build_model(arm, config), stream, stream.validation(n_val), config)
+    return arm, Trainer(build_model(arm, config), stream, stream.validation(validation_size(config)),
+                        config)
 
 
 def _save_last(trainer: Trainer, arm: Arm, path: Path) -> None:
@@ -387,36 +427,102 @@ def _save_last(trainer: Trainer, arm: Arm, path: Path) -> None:
     write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
+RUN_FILES = (CHECKPOINT_NAME, LAST_NAME, "config.json", "history.csv", "loss.png")
+
+
+class TrainingInterrupted(JobFailedError):
+    """SIGINT, SIGTERM or SIGHUP stopped a training run; last.pt holds the last finished epoch."""
+
+
+class _Progress:
+    """What a run has saved so far, for the message of an interruption."""
+
+    epochs: int = 0  # the run's length
+    saved: int = 0   # epochs that last.pt holds
+
+
+def _signal_name(exc: BaseException) -> str | None:
+    """The signal outdir.signals_raise turned into exc (KeyboardInterrupt: SIGINT; SystemExit(128
+    + n): signal n), else None."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGINT"
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
+        try:
+            return signal.Signals(exc.code - 128).name
+        except ValueError:
+            return None
+    return None
+
+
+@contextmanager
+def _stopped_by_signals(out: Path, resume: bool = False) -> Iterator[_Progress]:
+    """Within the block SIGINT, SIGTERM and SIGHUP end the run cleanly: the exception they raise
+    unwinds it (an interrupted write_atomically removes its temporary, the previous last.pt and
+    model.pt stay whole, the folder lock is released) and becomes TrainingInterrupted, a one-line
+    message (exit status 1) that says how to resume."""
+    progress = _Progress()
+    try:
+        with signals_raise():
+            yield progress
+    except (KeyboardInterrupt, SystemExit) as exc:
+        name = _signal_name(exc)
+        if name is None:
+            raise
+        where = shlex.quote(str(out))
+        if progress.saved:
+            message = (f"interrupted by {name} after epoch {progress.saved} of {progress.epochs} "
+                       f"(saved in {LAST_NAME}): resume with ikmdn train --out {where} --resume")
+        elif resume:  # its last.pt is untouched
+            message = f"interrupted by {name}: resume with ikmdn train --out {where} --resume"
+        else:
+            message = (f"interrupted by {name} before the first epoch finished; nothing to resume: "
+                       f"start again with ikmdn train --out {where} --force")
+        raise TrainingInterrupted(message) from None
+
+
 def train_run(config: TrainConfig, out_dir: str | Path, force: bool = False,
-              on_epoch: ProgressCallback | None = None, threads: int | None = None) -> Checkpoint:
+              on_epoch: ProgressCallback | None = None, threads: int | None = None,
+              on_start: Callable[[], None] | None = None) -> Checkpoint:
     """Train on pairs made by forward kinematics; write model.pt (best validation weights and
     their metrics: validation NLL, best-mode and min-over-modes RMS error on 5,000 fresh targets),
     last.pt (state to resume), config.json, history.csv and loss.png to out_dir.
 
-    threads: torch CPU threads for this run (None: torch's default); see `torch_threads`."""
-    out = prepare_out_dir(out_dir, force)
-    with torch_threads(threads):
-        arm, trainer = _trainer_for(config)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        return _run(trainer, arm, out, on_epoch)
+    The run holds out_dir for itself (see outdir.run_folder): a second job on it fails at once;
+    out_dir must be empty, or with force the files of an old run (RUN_FILES) are deleted first
+    (other files are left alone). Each epoch's model.pt, last.pt and history.csv are written
+    before on_epoch is called. SIGINT/SIGTERM/SIGHUP raise TrainingInterrupted (last.pt keeps the
+    last finished epoch; no temporary file is left). A run that fails before writing anything
+    removes the folders it created.
+
+    threads: torch CPU threads for this run (None: torch's default); see `torch_threads`.
+    on_start: called once the folder is ready, before any data is made (e.g. to draw a bar)."""
+    _device(config.device)  # an unusable device fails before any folder is made
+    with run_folder(out_dir, RUN_FILES, "ikmdn train", force=force) as out, \
+            _stopped_by_signals(out) as progress:
+        if on_start:
+            on_start()
+        with torch_threads(threads):
+            arm, trainer = _trainer_for(config)
+            text = json.dumps(config.to_dict(), indent=2) + "\n"
+            write_atomically(out / "config.json", lambda tmp: tmp.write_text(text))
+            return _run(trainer, arm, out, on_epoch, progress)
 
 
 def resume_run(out_dir: str | Path, on_epoch: ProgressCallback | None = None,
                threads: int | None = None) -> Checkpoint:
     """Continue the training run in out_dir from its last.pt, with its own config (its arm spec
-    included: no URDF file is needed)."""
+    included: no URDF file is needed). The folder is held as by train_run."""
     path = Path(out_dir) / LAST_NAME
     if not path.is_file():
         raise IKMDNError(f"cannot resume: {path} does not exist (was {out_dir} made by ikmdn train?)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        config = TrainConfig.from_dict(json.loads(state["train_config"]))
-    except (KeyError, json.JSONDecodeError, RuntimeError, OSError) as exc:
-        raise IKMDNError(f"cannot resume from {path}: {exc}") from None
-    with torch_threads(threads):
-        arm, trainer = _trainer_for(config)
-        trainer.load_state_dict(state)
-        return _run(trainer, arm, Path(out_dir), on_epoch)
+    with run_folder(out_dir, RUN_FILES, "ikmdn train --resume", resume=True) as out, \
+            _stopped_by_signals(out, resume=True) as progress:
+        state, config = read_resume_state(path)
+        with torch_threads(threads):
+            arm, trainer = _trainer_for(config)
+            restore_trainer(trainer, state, path)
+            progress.saved = len(trainer.history)
+            return _run(trainer, arm, out, on_epoch, progress)
 
 
 @contextmanager
@@ -438,24 +544,26 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
-def _run(trainer: Trainer, arm: Arm, out: Path, on_epoch: ProgressCallback | None) -> Checkpoint:
+def _run(trainer: Trainer, arm: Arm, out: Path, on_epoch: ProgressCallback | None,
+         progress: _Progress | None = None) -> Checkpoint:
     from ikmdn.evaluate import quick_metrics
     from ikmdn.plots import plot_loss_curve
 
     config = trainer.config
+    progress = progress or _Progress()
+    progress.epochs = config.epochs
 
-    def record(r: EpochRecord) -> None:
-        write_history(out / "history.csv", trainer.history)
-        if on_epoch:
-            on_epoch(r)
+    def end_epoch(t: Trainer) -> None:  # before on_epoch: a callback that fails loses nothing
+        _save_last(t, arm, out / LAST_NAME)
+        progress.saved = len(t.history)
+        write_history(out / "history.csv", t.history)
 
     def save_best(m: MDN, r: EpochRecord) -> None:
         Checkpoint(m, config, arm, {"val_nll": r.val_nll, "epoch": r.epoch}).save(
             out / CHECKPOINT_NAME)
 
     try:
-        trainer.fit(on_epoch=record, on_best=save_best,
-                    on_epoch_end=lambda t: _save_last(t, arm, out / LAST_NAME))
+        trainer.fit(on_epoch=on_epoch, on_best=save_best, on_epoch_end=end_epoch)
     finally:
         if trainer.history:
             plot_loss_curve(trainer.history, out / "loss.png", title=f"{config.kind} on {arm.name}")
@@ -468,25 +576,3 @@ def _run(trainer: Trainer, arm: Arm, out: Path, on_epoch: ProgressCallback | Non
     checkpoint.save(out / CHECKPOINT_NAME)
     return checkpoint
 
-
-class CheckpointModel:
-    """A checkpoint behind the runtime's interface: arm, config, metrics, predict(targets)."""
-
-    def __init__(self, checkpoint: Checkpoint, source: str = "<memory>"):
-        self.checkpoint = checkpoint
-        self.arm = checkpoint.arm
-        self.train_config = checkpoint.config.to_dict()
-        self.metrics = checkpoint.metrics
-        self.source = source
-        self.components = checkpoint.model.config.components
-
-    @classmethod
-    def load(cls, path: str | Path) -> CheckpointModel:
-        return cls(load_checkpoint(path), str(path))
-
-    def predict(self, targets) -> Mixture:
-        """Mixture over joints for targets (N, target_dim)."""
-        x = as_batch(targets, self.arm.target_dim, "targets")
-        with torch.no_grad():
-            out = self.checkpoint.model(torch.as_tensor(x, dtype=torch.float32))
-        return Mixture(*(t.numpy() for t in out))

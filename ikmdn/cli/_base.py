@@ -56,20 +56,34 @@ def positive(ctx, param, value):
     return value
 
 
-SEED = click.IntRange(min=0)
+SEED = click.IntRange(min=0, max=2**32 - 1)  # what every seed consumer (torch, numpy) accepts
 THREADS = click.IntRange(min=1, max=1024)
+# The pip line for the training extra: the same CPU build of torch the README and CI install.
+TORCH_INSTALL = "pip install 'ikmdn[train]' torch==2.13.0"
+
+
+def require_torch(command: str) -> None:
+    """A one-line error (exit 2) when `ikmdn COMMAND` needs torch and it cannot be imported."""
+    try:
+        import torch  # noqa: F401
+    except (ImportError, OSError) as exc:  # not installed, or a broken install (missing library)
+        reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+        raise IKMDNError(f"ikmdn {command} needs PyTorch, which cannot be imported ({reason}); "
+                         f"install it with: {TORCH_INSTALL}") from None
 
 
 def hidden_widths(ctx, param, value):
+    """--hidden 128,128 -> (128, 128); errors echo at most a short prefix of the value."""
     if value is None:
         return None
+    shown = repr(value) if len(value) <= 40 else repr(value[:37]) + "..."
     try:
         widths = tuple(int(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers such as 128,128,128, "
-                                 f"got {value!r}") from None
+                                 f"got {shown}") from None
     if not widths or min(widths) <= 0:
-        raise click.BadParameter(f"widths must be positive, got {value!r}")
+        raise click.BadParameter(f"widths must be positive, got {shown}")
     return widths
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ikmdn.cli._base import SEED, THREADS, cli
+from ikmdn.cli._base import SEED, THREADS, cli, require_torch
 
 
 @cli.command("evaluate")
@@ -30,14 +30,16 @@ def evaluate_command(model_path, out_dir, samples, seed, baseline_path, threads,
 
     Example: ikmdn evaluate --model bishop.onnx --baseline runs/bishop-ls --out eval/bishop
     """
+    from ikmdn.outdir import removed_if_failed
     from ikmdn.report import EvaluationJob
 
     given = {k: v for k, v in (("samples", samples), ("seed", seed)) if v is not None}
-    job = EvaluationJob(model_path, out_dir, baseline=baseline_path, force=force, threads=threads,
-                        **given)
-    with click.progressbar(length=len(job.steps), label="evaluating", file=sys.stderr,
-                           item_show_func=lambda s: s) as bar:
-        metrics = job.run(on_step=lambda label: bar.update(1, label))
+    with removed_if_failed(out_dir):  # a failed evaluation leaves no empty folder it made
+        job = EvaluationJob(model_path, out_dir, baseline=baseline_path, force=force,
+                            threads=threads, **given)
+        with click.progressbar(length=len(job.steps), label="evaluating", file=sys.stderr,
+                               item_show_func=lambda s: s) as bar:
+            metrics = job.run(on_step=lambda label: bar.update(1, label))
     errors = metrics["errors"]
     click.echo(f"wrote {out_dir}/report.md: RMS error best mode {errors['best_mode']['rms']:.2e}, "
                f"refined {errors['refined']['rms']:.2e} on {metrics['test_set']['targets']} targets")
@@ -59,12 +61,15 @@ def demo_command(name, variant, out_dir, seed, force):
 
     Example: ikmdn demo sinusoid --variant bishop --out demo/bishop
     """
+    require_torch("demo")
     from ikmdn.demo import SinusoidDemo
+    from ikmdn.outdir import removed_if_failed
 
-    demo = SinusoidDemo(variant, out_dir, seed=seed, force=force)
-    with click.progressbar(length=len(demo.steps), label=f"demo {name} ({variant})",
-                           file=sys.stderr, item_show_func=lambda s: s) as bar:
-        metrics = demo.run(on_step=lambda label: bar.update(1, label))
+    with removed_if_failed(out_dir):  # a failed demo leaves no empty folder it made
+        demo = SinusoidDemo(variant, out_dir, seed=seed, force=force)
+        with click.progressbar(length=len(demo.steps), label=f"demo {name} ({variant})",
+                               file=sys.stderr, item_show_func=lambda s: s) as bar:
+            metrics = demo.run(on_step=lambda label: bar.update(1, label))
     nll = metrics["test_nll"]
     click.echo(f"wrote {out_dir}/report.md: test NLL least squares {nll['least_squares']:.3f}, "
                f"MDN {nll['mdn']:.3f} nats/sample")

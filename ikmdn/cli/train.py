@@ -6,11 +6,12 @@ import json
 import math
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
 
-from ikmdn.cli._base import SEED, THREADS, cli, hidden_widths, positive
+from ikmdn.cli._base import SEED, THREADS, cli, hidden_widths, positive, require_torch
 
 
 @cli.command("arms")
@@ -86,12 +87,15 @@ def _urdf_arm(urdf, tip, base, tool, lock, name):
 @click.option("--hidden", callback=hidden_widths, help="Hidden widths, e.g. 128,128,128.")
 @click.option("--activation", type=click.Choice(["relu", "silu", "tanh", "gelu"]))
 @click.option("--seed", type=SEED, help="Seed for data, initialisation and shuffling.")
-@click.option("--device", help="torch device, e.g. cpu or cuda.")
+@click.option("--device", help="torch device: cpu, cuda or cuda:N [default: cpu].")
 @click.option("--baseline", is_flag=True,
               help="Train Bishop's least-squares network (same body, one output) instead.")
 @click.option("--export", "export_path", type=click.Path(path_type=Path),
               help="Also export the trained model to this .onnx file.")
-@click.option("--force", is_flag=True, help="Overwrite a non-empty --out folder / --export file.")
+@click.option("--force", is_flag=True,
+              help="Start over in a used --out folder (the old run's model.pt, last.pt, config.json, "
+                   "history.csv and loss.png are deleted first; other files are left alone) and "
+                   "overwrite the --export file.")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out (its own settings, from last.pt).")
 @click.option("--threads", type=THREADS,
@@ -114,7 +118,8 @@ def train_command(arm_name, urdf, tip, base, tool, lock, name, out_dir, samples,
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if arm_name is not None and urdf is not None:
         raise click.UsageError("give --arm or --urdf, not both")
-    from ikmdn.outdir import check_output_file, prepare_out_dir
+    require_torch("train")
+    from ikmdn.outdir import check_output_file
     from ikmdn.train import default_config, resume_run, train_run
 
     if export_path is not None:
@@ -143,14 +148,17 @@ def train_command(arm_name, urdf, tip, base, tool, lock, name, out_dir, samples,
                                 batch_size=batch_size, lr=lr, hidden=hidden, activation=activation,
                                 seed=seed, device=device,
                                 kind="least_squares" if baseline else None)
-        prepare_out_dir(out_dir, force)  # fail before training, not after
-        with click.progressbar(length=config.epochs,
-                               label=f"training {config.kind} on {config.arm_name}",
-                               file=sys.stderr, show_pos=True,
-                               item_show_func=lambda r: r and f"loss {r.train_loss:.3f} "
-                                                            f"val NLL {r.val_nll:.3f}") as bar:
-            checkpoint = train_run(config, out_dir, force=True,
-                                   on_epoch=lambda r: bar.update(1, r), threads=threads)
+        with ExitStack() as stack:
+            bars = []  # drawn once the run holds its folder: a refused run prints only its error
+
+            def start():
+                bars.append(stack.enter_context(click.progressbar(
+                    length=config.epochs, label=f"training {config.kind} on {config.arm_name}",
+                    file=sys.stderr, show_pos=True,
+                    item_show_func=lambda r: r and f"loss {r.train_loss:.3f} val NLL {r.val_nll:.3f}")))
+
+            checkpoint = train_run(config, out_dir, force=force, on_start=start,
+                                   on_epoch=lambda r: bars[0].update(1, r), threads=threads)
     m = checkpoint.metrics
     click.echo(f"wrote {out_dir}/model.pt: validation NLL {m['val_nll']:.3f} (epoch {m['epoch']}),"
                f" best-mode RMS error {m['best_mode_rms']:.2e}, min-over-modes "
@@ -180,6 +188,7 @@ def export_command(source, output, force):
 
     Example: ikmdn export runs/bishop -o bishop.onnx
     """
+    require_torch("export")
     from ikmdn.train import load_checkpoint
 
     if output.suffix != ".onnx":
