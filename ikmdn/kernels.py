@@ -50,10 +50,10 @@ def _jit(func=None, **options):
     if func is None:
         return lambda f: _jit(f, **options)
     try:
-        return njit(cache=True, error_model="numpy", **options)(func)
+        return njit(cache=True, error_model="numpy", nogil=True, **options)(func)
     except RuntimeError:  # "cannot cache function ...: no locator available"
         CACHED = False
-        return njit(error_model="numpy", **options)(func)
+        return njit(error_model="numpy", nogil=True, **options)(func)
 
 
 # Helpers are inlined into the kernel (numba IR inlining): at a call boundary every array

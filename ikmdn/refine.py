@@ -30,6 +30,8 @@ the arm's kinematics compiled from `arm.kernel_data()`; numba is imported on the
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,11 +65,37 @@ class RefineSettings:
                 float(self.up), float(self.max_damping), float(self.min_damping), float(self.stall))
 
 
+PARALLEL_MIN = 2048   # candidates per thread below which one thread is faster
+
+
+def refine_threads() -> int:
+    """Threads for large refinements: the CPUs this process may use, at most 8 (override with
+    the IKMDN_REFINE_THREADS environment variable). The kernel releases the GIL and threads that
+    wait sleep, so a busy machine costs no spin-waiting."""
+    try:
+        return max(1, int(os.environ["IKMDN_REFINE_THREADS"]))
+    except (KeyError, ValueError):
+        return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 1))
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ikmdn-refine")
+    return _POOL
+
+
 def refine(arm: Arm, q0: np.ndarray, targets: np.ndarray,
-           settings: RefineSettings = RefineSettings()):
+           settings: RefineSettings = RefineSettings(), threads: int | None = None):
     """Polish joints q0 (M, dof) towards targets (M, target_dim) by the rules above.
 
     Returns (q (M, dof) within the limits, reached = fk(q) (M, target_dim), error ||r|| (M,)).
+    Large batches are split over `threads` threads (default `refine_threads()`); candidates are
+    independent, so the result does not depend on the split.
     """
     from ikmdn import kernels  # numba loads here, not on `import ikmdn`
 
@@ -77,7 +105,15 @@ def refine(arm: Arm, q0: np.ndarray, targets: np.ndarray,
         raise IKMDNError(f"refine needs joints (M, {arm.dof}) and targets (M, {arm.target_dim}), "
                          f"got {q0.shape} and {x.shape}")
     kin, limits = kernels.arm_data(arm)
-    return kernels.refine_kernel(kin, limits, settings.kernel_args(), q0, x)
+    args = settings.kernel_args()
+    parts = min(threads or refine_threads(), len(q0) // PARALLEL_MIN)
+    if parts <= 1:
+        return kernels.refine_kernel(kin, limits, args, q0, x)
+    bounds = np.linspace(0, len(q0), parts + 1).astype(int)
+    jobs = [_pool(parts).submit(kernels.refine_kernel, kin, limits, args, q0[a:b], x[a:b])
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    results = [job.result() for job in jobs]
+    return tuple(np.concatenate([r[i] for r in results]) for i in range(3))
 
 
 def default_settings(arm: Arm) -> RefineSettings:
