@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ikmdn.arms import Arm, wrap_angle
-from ikmdn.arms.base import as_batch
+from ikmdn.arms.base import TWO_PI, as_batch
 from ikmdn.errors import IKMDNError
 from ikmdn.mixture import Mixture
 from ikmdn.refine import RefineSettings, default_settings, refine
@@ -163,8 +163,10 @@ def merge_duplicates(joints: np.ndarray, weights: np.ndarray, tol: float = MERGE
     weights = weights.copy()
     distinct = np.ones((n, k), dtype=bool)
     rows = np.arange(n)
+    turns = joints % TWO_PI   # one reduction modulo 2 pi; then |wrap(a - b)| = min(d, 2 pi - d)
     for j in range(1, k):
-        diff = np.abs(wrap_angle(joints[:, :j] - joints[:, j:j + 1])).max(axis=2)  # (N, j)
+        d = np.abs(turns[:, :j] - turns[:, j:j + 1])
+        diff = np.minimum(d, TWO_PI - d).max(axis=2)  # (N, j)
         match = (diff <= tol) & distinct[:, :j]
         has = match.any(axis=1)
         into = np.argmax(match, axis=1)
