@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import workspace_targets
+from helpers import NPZ_ARRAYS, assert_ok, invoke
 
 from ikmdn.arms import list_arms
 from ikmdn.cli import cli
@@ -17,18 +18,6 @@ from ikmdn.cli import cli
 CONTRACT_TOP = {"model", "arm", "joint_names", "solutions"}
 CONTRACT_SOLUTION = {"target", "reachable", "candidates"}
 CONTRACT_CANDIDATE = {"joints", "weight", "sigma", "position", "error", "within_limits"}
-NPZ_ARRAYS = {"targets", "joints", "weights", "sigmas", "positions", "errors", "rotation_errors",
-              "within_limits", "distinct", "reachable", "fallback"}
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_ok(result):
-    assert result.exit_code == 0, (result.output, result.exception)
-    assert result.exception is None
-    return result
 
 
 def assert_usage_error(result, *fragments: str):

@@ -8,19 +8,14 @@ import json
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from helpers import invoke
 
 from ikmdn.arms import arm_from_spec, get_arm
-from ikmdn.cli import cli
 from ikmdn.errors import IKMDNError
 from ikmdn.mixture import Mixture
 from ikmdn.runtime import OnnxModel
 from ikmdn.solve import IKSolver
 from ikmdn.train import TrainConfig
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def assert_one_line_error(result, text):

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import PerturbedOracle
 
 from ikmdn.arms import get_arm
-from ikmdn.arms.closed_form import closed_form_ik
 from ikmdn.arms.rotations import matrix_to_quat
 from ikmdn.arms.serial import targets_to_poses
 from ikmdn.cli import cli
@@ -17,21 +17,6 @@ from ikmdn.export import export_onnx
 from ikmdn.mixture import Mixture
 from ikmdn.solve import IKSolver
 from ikmdn.train import TrainConfig, train_run
-
-
-class PerturbedOracle:
-    """A stand-in model whose modes are closed-form solutions plus noise (known good seeds)."""
-
-    def __init__(self, arm, noise: float, seed: int):
-        self.arm, self.noise, self.rng = arm, noise, np.random.default_rng(seed)
-        self.components = 8
-
-    def predict(self, targets) -> Mixture:
-        branches, valid = closed_form_ik(self.arm, targets)
-        means = np.where(valid[..., None], branches, 0.0)
-        means = means + self.noise * self.rng.standard_normal(means.shape)
-        weights = valid / valid.sum(axis=1, keepdims=True)
-        return Mixture(weights, means, np.full(means.shape, 0.1))
 
 
 def test_ur5_pose_refinement_reaches_every_branch():

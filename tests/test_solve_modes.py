@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import PerturbedOracle
 
 from ikmdn.arms import get_arm, wrap_angle
 from ikmdn.arms.closed_form import closed_form_ik
@@ -23,7 +24,6 @@ from ikmdn.arms.serial import poses_to_targets, targets_to_poses
 from ikmdn.arms.urdf import load_urdf
 from ikmdn.cli import cli, default_model
 from ikmdn.errors import IKMDNError
-from ikmdn.mixture import Mixture
 from ikmdn.solve import IKSolver, joint_distance
 
 DATA = Path(__file__).parent / "data"
@@ -71,23 +71,6 @@ def line_path(arm, start: np.ndarray, steps: int, length: float = 0.15) -> np.nd
     poses = np.repeat(first[None], steps, axis=0)
     poses[:, :3, 3] = first[:3, 3] + np.linspace(0.0, 1.0, steps)[:, None] * direction
     return poses_to_targets(poses)
-
-
-class ClosedFormModel:
-    """A stand-in model whose modes are the closed-form branches plus noise (no UR5-from-URDF
-    model is shipped). The oracle reports continuous joints in [lo, lo + 2 pi), so on a +-2 pi
-    arm the seeds sit on the lower turn: the solver has to choose the reported turn itself."""
-
-    def __init__(self, arm, noise: float, seed: int):
-        self.arm, self.noise, self.rng = arm, noise, np.random.default_rng(seed)
-        self.components = 8
-
-    def predict(self, targets) -> Mixture:
-        branches, valid = closed_form_ik(self.arm, targets)
-        means = np.where(valid[..., None], branches, 0.0)
-        means = means + self.noise * self.rng.standard_normal(means.shape)
-        weights = valid / valid.sum(axis=1, keepdims=True)
-        return Mixture(weights, means, np.full(means.shape, 0.1))
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -286,7 +269,7 @@ def ur5_two_turns():
     branches, valid = closed_form_ik(arm, x)
     keep = nearest_other_branch(arm, q, branches, valid) > 0.3
     assert keep.sum() >= 50
-    return IKSolver(ClosedFormModel(arm, 0.01, seed=4)), q[keep], x[keep]
+    return IKSolver(PerturbedOracle(arm, 0.01, seed=4)), q[keep], x[keep]
 
 
 @pytest.mark.parametrize("mode", ["best", "all"])

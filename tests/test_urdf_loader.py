@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import invoke
 
 from ikmdn.arms import arm_from_spec
 from ikmdn.arms.urdf import describe_urdf, load_urdf, origin_transform, parse_urdf, tool_transform
-from ikmdn.cli import cli
 from ikmdn.errors import IKMDNError
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -46,10 +45,6 @@ def rz(angle: float) -> np.ndarray:
 
 def needs(path: Path):
     return pytest.mark.skipif(not path.is_file(), reason=f"{path.name} not vendored")
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def assert_one_line_error(result, *fragments: str) -> str:

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import assert_ok, invoke
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from urdf_oracle import Urdf
 
 from ikmdn.arms import get_arm, list_arms, load_urdf
 from ikmdn.arms.base import register_preset
-from ikmdn.cli import cli
 from ikmdn.errors import IKMDNError
 from ikmdn.train import TrainConfig, default_config, load_checkpoint, train_run
 
@@ -31,16 +30,6 @@ UR5_JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist
 TINY_CLI = ("--samples", "2000", "--epochs", "1", "--hidden", "16", "--components", "2",
             "--threads", "1")
 TWO_PI = 2 * math.pi
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_ok(result):
-    assert result.exit_code == 0, (result.output, result.exception)
-    assert result.exception is None
-    return result
 
 
 def assert_usage_error(result, *fragments: str) -> str:

@@ -25,39 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import NPZ_ARRAYS, assert_refused, error_line, invoke
 
-from ikmdn.cli import cli
 from ikmdn.solve import IKSolver
 
 ROOT = Path(__file__).resolve().parents[2]
 UR5 = ROOT / "exported_models" / "ur5.onnx"
 POSE = ["0.3", "0.2", "0.4", "0", "1", "0", "0"]
-NPZ_ARRAYS = {"targets", "joints", "weights", "sigmas", "positions", "errors", "rotation_errors",
-              "within_limits", "distinct", "reachable", "fallback"}
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def error_line(result) -> str:
-    """The one 'Error: ...' line, last on stderr; no traceback."""
-    assert "Traceback" not in result.output, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    assert result.stderr.rstrip().splitlines()[-1] == errors[0], result.stderr
-    return errors[0]
-
-
-def assert_refused(result, *fragments: str, code: int = 2) -> str:
-    """Exit code, nothing at all on stdout, one short error line naming every fragment."""
-    assert result.exit_code == code, (result.output, result.exception)
-    assert result.stdout == "", result.stdout[:500]
-    line = error_line(result)
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
-    return line
 
 
 def bare_constant(name: str):

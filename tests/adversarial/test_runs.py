@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from helpers import assert_refused, invoke
 
-from ikmdn.cli import cli
 from ikmdn.errors import IKMDNError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,29 +34,6 @@ RUN_FILES = {"model.pt", "last.pt", "config.json", "history.csv", "loss.png"}
 # A tiny training that is still mid-run seconds after it starts (epochs of ~20-50 ms each).
 LONG_TINY = ["--samples", "2000", "--epochs", "2000", "--hidden", "16", "--components", "2"]
 TINY = ["--samples", "2000", "--epochs", "2", "--hidden", "8", "--components", "2"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def error_line(result) -> str:
-    """The one 'Error: ...' line, last on stderr; no traceback."""
-    assert "Traceback" not in result.output, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    assert result.stderr.rstrip().splitlines()[-1] == errors[0], result.stderr
-    return errors[0]
-
-
-def assert_refused(result, *fragments: str, code: int = 2) -> str:
-    """Exit code, nothing on stdout, one error line naming every fragment."""
-    assert result.exit_code == code, (result.output, result.exception)
-    assert result.stdout == "", result.stdout[:500]
-    line = error_line(result)
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
-    return line
 
 
 @contextlib.contextmanager
