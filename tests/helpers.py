@@ -42,6 +42,20 @@ def assert_refused(result, *fragments: str, code: int = 2) -> str:
     return line
 
 
+def assert_usage_error(result, *fragments: str) -> str:
+    """Exit 2, a one-line 'Error: ...' naming every fragment, no traceback, nothing on stdout."""
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == errors[0]
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
 class PerturbedOracle:
     """A stand-in model whose modes are closed-form solutions plus noise (known good seeds). The
     oracle reports continuous joints in [lo, lo + 2 pi), so on a +-2 pi arm the seeds sit on the

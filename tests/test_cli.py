@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import workspace_targets
-from helpers import NPZ_ARRAYS, assert_ok, invoke
+from helpers import NPZ_ARRAYS, assert_ok, assert_usage_error, invoke
 
 from ikmdn.arms import list_arms
 from ikmdn.cli import cli
@@ -18,20 +18,6 @@ from ikmdn.cli import cli
 CONTRACT_TOP = {"model", "arm", "joint_names", "solutions"}
 CONTRACT_SOLUTION = {"target", "reachable", "candidates"}
 CONTRACT_CANDIDATE = {"joints", "weight", "sigma", "position", "error", "within_limits"}
-
-
-def assert_usage_error(result, *fragments: str):
-    """Exit 2, a one-line 'Error: ...' naming every fragment, no traceback, nothing on stdout."""
-    assert result.exit_code == 2, (result.output, result.exception)
-    assert isinstance(result.exception, SystemExit)
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    assert result.stderr.rstrip().splitlines()[-1] == errors[0]
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

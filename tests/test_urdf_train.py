@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_ok, invoke
+from helpers import assert_ok, assert_usage_error, invoke
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from urdf_oracle import Urdf
@@ -30,20 +30,6 @@ UR5_JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist
 TINY_CLI = ("--samples", "2000", "--epochs", "1", "--hidden", "16", "--components", "2",
             "--threads", "1")
 TWO_PI = 2 * math.pi
-
-
-def assert_usage_error(result, *fragments: str) -> str:
-    """Exit 2, a one-line 'Error: ...' naming every fragment, no traceback, nothing on stdout."""
-    assert result.exit_code == 2, (result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    assert result.stderr.rstrip().splitlines()[-1] == errors[0]
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
 
 
 def _sample(limits: np.ndarray, seed: int, n: int = 40) -> np.ndarray:
