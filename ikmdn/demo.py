@@ -22,6 +22,7 @@ from ikmdn.data import TOY_PROBLEMS, Dataset
 from ikmdn.errors import IKMDNError
 from ikmdn.mixture import Mixture
 from ikmdn.outdir import prepare_out_dir
+from ikmdn.untrusted import MAX_SEED
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,6 @@ VARIANTS = {
                           x_name="x", y_name="t"),
 }
 TEST_SAMPLES = 2000
-MAX_SEED = 2**32 - 1  # torch and numpy both take it (the demo also uses seed + 1)
 GRID_IN, GRID_OUT = 400, 300  # resolution of the curves and of the density heat map
 FIGURES = {"forward": "forward.png", "inverted_least_squares": "inverted_least_squares.png",
            "mdn_modes_samples": "mdn_modes_samples.png", "mixing": "mixing.png",

@@ -148,7 +148,7 @@ def _temporaries_of(folder: Path, names: Collection[str]) -> list[Path]:
 
 @contextmanager
 def run_folder(out_dir: str | Path, own: Collection[str], job: str, force: bool = False,
-               resume: bool = False) -> Iterator[Path]:
+               resume: bool = False, markers: Collection[str] = ()) -> Iterator[Path]:
     """A run folder held by one job for the duration of the block.
 
     New run (resume=False): out_dir is created if missing (and removed again if the block fails
@@ -156,7 +156,9 @@ def run_folder(out_dir: str | Path, own: Collection[str], job: str, force: bool 
     must then be empty unless force. With force, the files that belong to an old run (`own`, the
     run's own file names, and temporaries a killed write of them left) are deleted before the new
     run starts, so that nothing of the old run can be mistaken for the new one; any other file in
-    the folder (notes, reports) is the user's and is left alone.
+    the folder (notes, reports) is the user's and is left alone. A folder that holds files but
+    none of `markers` (the files only a run writes) is no old run: force is refused there, so
+    that a user's own config.json or history.csv is never deleted.
 
     resume=True: out_dir must exist; it is locked and only stale temporaries of `own` are removed.
     """
@@ -187,7 +189,12 @@ def run_folder(out_dir: str | Path, own: Collection[str], job: str, force: bool 
                     if path.is_dir() and not path.is_symlink():
                         raise IKMDNError(f"--out {out}: {name} is a folder, not a file of a run; "
                                          "remove it or choose another folder")
-                    path.unlink(missing_ok=True)
+                if held and markers and not any((out / m).is_file() for m in markers):
+                    raise IKMDNError(f"--out {out} holds files but no earlier run "
+                                     f"({' or '.join(markers)}); --force only replaces a run: "
+                                     "choose another folder")
+                for name in own:
+                    (out / name).unlink(missing_ok=True)
             for tmp in stale:
                 tmp.unlink(missing_ok=True)
             yield out

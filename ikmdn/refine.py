@@ -30,6 +30,7 @@ the arm's kinematics compiled from `arm.kernel_data()`; numba is imported on the
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ import numpy as np
 
 from ikmdn.arms import Arm
 from ikmdn.errors import IKMDNError
+
+MAX_ITER = 100_000   # LM iterations per candidate at most (the defaults: 30 and 100)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,15 @@ class RefineSettings:
     max_damping: float = 1e8
     stall: float = 0.1
     min_damping: float = 1e-12
+
+    def __post_init__(self):
+        numbers = {f: getattr(self, f) for f in ("tol", "damping", "down", "up", "max_damping",
+                                                  "stall", "min_damping")}
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in numbers.values()):
+            raise IKMDNError(f"refinement settings must be finite non-negative numbers, got {numbers}")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) \
+                or not 0 <= self.max_iter <= MAX_ITER:
+            raise IKMDNError(f"max_iter must be an integer from 0 to {MAX_ITER}, got {self.max_iter!r}")
 
     def kernel_args(self) -> tuple[float, int, float, float, float, float, float, float]:
         """The settings tuple of `ikmdn.kernels.refine_kernel` (fixed types: one compiled kernel)."""
@@ -85,6 +97,8 @@ _POOL: ThreadPoolExecutor | None = None
 def _pool(threads: int) -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None or _POOL._max_workers < threads:
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)
         _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ikmdn-refine")
     return _POOL
 

@@ -19,6 +19,7 @@ from ikmdn.refine import RefineSettings, default_settings, refine
 MERGE_TOL = 1e-6  # rad: candidates closer than this (modulo 2 pi) are one solution
 MODES = ("all", "best")
 NEAR_DAMPING = 1e-3  # initial LM damping of a `near` reference seed (see IKSolver.near_settings)
+NEAR_ACCEPT = 0.25   # rad: mode "best" keeps the reference's own solution within this of it
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,10 @@ def solved_mask(distinct, within_limits, errors, rotation_errors, tol: float) ->
 def joint_distance(arm: Arm, q: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Joint-space distance (...,) between joints q (..., dof) and reference (broadcastable):
     sqrt(sum_j d_j^2) with d_j = q_j - r_j (rad; metres for prismatic joints), wrapped into
-    [-pi, pi) for periodic joints (a full turn, or more, of range), so whole turns cost nothing."""
+    [-pi, pi) for joints that can wrap (`Arm.wrapping_joints`: free-turning and multi-turn
+    joints), so whole turns cost nothing; a joint with stops at +-pi is measured the long way."""
     d = np.asarray(q, dtype=np.float64) - reference
-    d = np.where(arm.continuous_joints, wrap_angle(d), d)
+    d = np.where(arm.wrapping_joints, wrap_angle(d), d)
     return np.sqrt(np.einsum("...j,...j->...", d, d))
 
 
@@ -183,10 +185,14 @@ class IKSolver:
 
     def __init__(self, model, refine_settings: RefineSettings | None = None,
                  reach_tol: float = 1e-6, batch_size: int = 16384, fallback_seeds: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, threads: int | None = None):
         """fallback_seeds: extra seeds tried for targets no mode solves (None: 0 for planar arms,
-        64 for spatial chains), half drawn around the modes, half uniformly within the limits."""
+        64 for spatial chains), half drawn around the modes, half uniformly within the limits.
+        threads: refinement threads (None: `ikmdn.refine.refine_threads()`)."""
+        if threads is not None and threads < 1:
+            raise IKMDNError(f"threads must be a positive integer, got {threads}")
         self.model = model
+        self.threads = threads
         self.arm: Arm = model.arm
         self.refine_settings = refine_settings or default_settings(self.arm)
         self.reach_tol = reach_tol
@@ -210,7 +216,7 @@ class IKSolver:
         if path.suffix == ".onnx":
             from ikmdn.runtime import OnnxModel
 
-            return cls(OnnxModel.load(path, threads), **kwargs)
+            return cls(OnnxModel.load(path, threads), threads=threads, **kwargs)
         if not path.exists():
             raise IKMDNError(f"model {path} does not exist")
         try:
@@ -218,7 +224,7 @@ class IKSolver:
         except ImportError:
             raise IKMDNError(f"{path} is a training checkpoint, which needs torch; install "
                              "ikmdn[train] or export it to .onnx with `ikmdn export`") from None
-        return cls(CheckpointModel.load(path), **kwargs)
+        return cls(CheckpointModel.load(path), threads=threads, **kwargs)
 
     def solve(self, targets, refine: bool = True, mode: str = "all", near=None) -> Solutions:
         """Solutions for targets (N, target_dim) or one target (target_dim,), in batches.
@@ -228,8 +234,9 @@ class IKSolver:
         first with `near`), stopping at the first that solves; the fallback seeds as in "all".
         Without `near` the two can answer differently: "best" takes the heaviest single mode that
         solves, while "all" sums the weights of modes that reach the same solution before
-        best() picks the heaviest (e.g. 38% of random UR5 poses); with `near` both answer the
-        nearest solution they find.
+        best() picks the heaviest (e.g. 38% of random UR5 poses). With `near`, "all" answers the
+        nearest of all the solutions it finds; "best" stops earlier (see _solve_best), so it can
+        miss a nearer solution that only a farther-starting mode reaches.
         near: reference joints (dof,) or (N, dof), e.g. the robot's current joints: candidates are
         ranked by `joint_distance` to it, the reference itself is tried as a seed (first, in
         "best"), best() returns the nearest solution, and joints with more than one turn of
@@ -253,13 +260,21 @@ class IKSolver:
         ref = as_batch(near, self.arm.dof, f"{what} (reference joints)")
         if len(ref) not in (1, n):
             raise IKMDNError(f"{what} must be one joint vector or one per target ({n}), got {len(ref)} rows")
+        outside = ~self.arm.within_limits(ref, atol=1e-6)
+        if outside.any():
+            row = int(np.argmax(outside))
+            lo, hi = self.arm.joint_limits.T
+            j = int(np.argmax((ref[row] < lo - 1e-6) | (ref[row] > hi + 1e-6)))
+            raise IKMDNError(f"{what} joint {self.arm.joint_names[j]} = {ref[row, j]:.6g} (row {row}) "
+                             f"is outside its limits [{lo[j]:.6g}, {hi[j]:.6g}]")
         return np.broadcast_to(ref, (n, self.arm.dof)) if len(ref) == 1 else ref
 
     def solve_path(self, targets, start, switch_threshold: float = 0.5) -> PathSolution:
         """Targets (N, target_dim) solved in order, each with mode "best" near the previous answer
         (the first near `start`, (dof,) joints); switches flags jumps above switch_threshold rad."""
         x = as_batch(targets, self.arm.target_dim, "targets")
-        previous = self._reference(start, 1, "start")[0]
+        first = self._reference(start, 1, "start")
+        previous = first[0]
         if not (math.isfinite(switch_threshold) and switch_threshold > 0):
             raise IKMDNError(f"switch_threshold must be a positive number, got {switch_threshold}")
         steps = []
@@ -274,9 +289,9 @@ class IKSolver:
                                 empty.astype(bool), switch_threshold)
         sol = Solutions.concatenate(steps)
         joints = sol.joints[:, 0]
-        before = np.concatenate([self._reference(start, 1, "start"), joints[:-1]])
+        before = np.concatenate([first, joints[:-1]])
         d = joints - before
-        jumps = np.abs(np.where(self.arm.continuous_joints, wrap_angle(d), d)).max(axis=1)
+        jumps = np.abs(np.where(self.arm.wrapping_joints, wrap_angle(d), d)).max(axis=1)
         return PathSolution(x, joints, sol.errors[:, 0], sol.rotation_errors[:, 0], sol.reachable,
                             jumps, jumps > switch_threshold, switch_threshold)
 
@@ -287,11 +302,10 @@ class IKSolver:
         spread = near + mixture.sigmas.mean(axis=1, keepdims=True) * rng.standard_normal(near.shape)
         uniform = arm.sample_joints(m * (s // 2), rng).reshape(m, s // 2, arm.dof)
         seeds = np.concatenate([spread, uniform], axis=1)
-        q, reached, _ = refine(arm, seeds.reshape(-1, arm.dof), np.repeat(x, seeds.shape[1], axis=0),
-                               self.refine_settings)
         xs = np.repeat(x, seeds.shape[1], axis=0)
-        ok = solved_mask(True, arm.within_limits(q), arm.target_error(reached, xs),
-                         arm.rotation_error(reached, xs), self.reach_tol).reshape(m, -1)
+        q, reached, _ = refine(arm, seeds.reshape(-1, arm.dof), xs, self.refine_settings,
+                               threads=self.threads)
+        ok = self._solved(q, reached, xs).reshape(m, -1)
         pick = np.argmax(ok, axis=1)
         return q.reshape(m, -1, arm.dof)[np.arange(m), pick], ok.any(axis=1)
 
@@ -351,13 +365,14 @@ class IKSolver:
             order = np.arange(n * k).reshape(n, k)
             pick = np.concatenate([order[:, :-1].ravel(), order[:, -1]])
             q, reached, _ = refine(arm, flat[pick[:modes]], flat_targets[pick[:modes]],
-                                   self.refine_settings)
-            q_ref, reached_ref, _ = refine(arm, near, x, self.near_settings)
+                                   self.refine_settings, threads=self.threads)
+            q_ref, reached_ref, _ = refine(arm, near, x, self.near_settings, threads=self.threads)
             flat, positions = np.empty_like(flat), np.empty((n * k, arm.target_dim))
             flat[pick] = np.concatenate([q, q_ref])
             positions[pick] = np.concatenate([reached, reached_ref])
         elif do_refine:
-            flat, positions, _ = refine(arm, flat, flat_targets, self.refine_settings)
+            flat, positions, _ = refine(arm, flat, flat_targets, self.refine_settings,
+                                        threads=self.threads)
         else:
             flat = arm.wrap_joints(flat)
             positions = arm.fk(flat)
@@ -397,34 +412,53 @@ class IKSolver:
 
     def _solve_best(self, x: np.ndarray, do_refine: bool, rng: np.random.Generator,
                     near: np.ndarray | None) -> Solutions:
-        """One answer per target: candidates refined one at a time in rank order (the reference
-        first, when given), each target stopping at the first candidate that solves."""
+        """One answer per target: candidates refined one at a time in rank order, each target
+        stopping at the first candidate that solves. With `near`: the reference is tried first
+        and kept when the solution it reaches lies within NEAR_ACCEPT of it; otherwise the modes
+        follow nearest first, and a target stops once its nearest solution so far is no farther
+        from the reference than the next mode's start (LM rarely ends nearer the reference than
+        where it starts)."""
         arm, n, dof = self.arm, len(x), self.arm.dof
         joints = np.zeros((n, dof))
         weights, sigmas = np.zeros(n), np.zeros((n, dof))
         score = np.full(n, np.inf)          # residual of the answer so far (lower is better)
+        found = np.full(n, np.inf)          # with near: distance of the nearest solution so far
         done = np.zeros(n, dtype=bool)
         fallback = np.zeros(n, dtype=bool)
 
         def offer(rows, q, err, w, sig, ok):
-            """Keep candidates q for rows where they solve, or are closer than the answer so far."""
-            better = ok | (~done[rows] & (err < score[rows]))
+            """Keep candidates q for rows where they solve (nearer than the solution so far, with
+            near), or, while no candidate solves, where they come closer to the target."""
+            if near is None:
+                better = ok | (~done[rows] & (err < score[rows]))
+                dist = np.zeros(len(rows))
+            else:
+                dist = joint_distance(arm, q, near[rows])
+                better = (ok & (dist < found[rows])) | (~ok & ~np.isfinite(found[rows])
+                                                        & (err < score[rows]))
             take = rows[better]
             joints[take], weights[take], sigmas[take] = q[better], w[better], sig[better]
             score[take] = np.where(ok[better], -1.0, err[better])
-            done[rows[ok]] = True
+            found[take] = np.where(ok[better], dist[better], found[take])
+            if near is None:
+                done[rows[ok]] = True
 
         if near is not None and do_refine:   # the nearest candidate of all: the reference itself
-            q, reached, err = refine(arm, near, x, self.near_settings)
+            q, reached, err = refine(arm, near, x, self.near_settings, threads=self.threads)
             offer(np.arange(n), q, err, np.zeros(n), np.zeros((n, dof)), self._solved(q, reached, x))
+            done |= found <= NEAR_ACCEPT
         rows = np.flatnonzero(~done)
         if rows.size:
             mixture = self.model.predict(x[rows]).sorted_by_weight()
             means = mixture.means.astype(np.float64)
-            order = np.arange(mixture.components)[None].repeat(rows.size, axis=0)
+            k_all = mixture.components
+            order = np.arange(k_all)[None].repeat(rows.size, axis=0)
             if near is not None:
-                order = np.argsort(joint_distance(arm, means, near[rows, None, :]), axis=1, kind="stable")
-            for r in range(mixture.components if do_refine else 1):
+                start = joint_distance(arm, means, near[rows, None, :])
+                order = np.argsort(start, axis=1, kind="stable")
+                start = np.take_along_axis(start, order, axis=1)
+                done[rows] = found[rows] <= start[:, 0]
+            for r in range(k_all if do_refine else 1):
                 left = np.flatnonzero(~done[rows])
                 if left.size == 0:
                     break
@@ -432,12 +466,15 @@ class IKSolver:
                 seeds, w = means[left, k], mixture.weights[left, k].astype(np.float64)
                 sig = mixture.sigmas[left, k].astype(np.float64)
                 if do_refine:
-                    q, reached, err = refine(arm, seeds, x[rows[left]], self.refine_settings)
+                    q, reached, err = refine(arm, seeds, x[rows[left]], self.refine_settings,
+                                             threads=self.threads)
                     offer(rows[left], q, err, w, sig, self._solved(q, reached, x[rows[left]]))
                 else:
                     offer(rows[left], arm.wrap_joints(seeds), np.zeros(left.size), w, sig,
                           np.zeros(left.size, dtype=bool))
-            stuck = rows[~done[rows]]
+                if near is not None and r + 1 < k_all:
+                    done[rows[left]] = found[rows[left]] <= start[left, r + 1]
+            stuck = rows[~np.isfinite(found[rows])] if near is not None else rows[~done[rows]]
             if do_refine and self.fallback_seeds and stuck.size:
                 sub = np.searchsorted(rows, stuck)
                 q, ok = self._extra_seeds(x[stuck], Mixture(mixture.weights[sub], mixture.means[sub],

@@ -1,5 +1,6 @@
-"""Training: TrainConfig, the loop (Adam, warm-up + cosine schedule, best-validation checkpoint),
-checkpoint files, and a checkpoint-backed predictor with the runtime's interface."""
+"""Training: TrainConfig (validated, with size limits), the loop (Adam, warm-up + cosine schedule,
+best-validation checkpoint), run folders (locked, resumable, interrupted cleanly); checkpoint
+files live in ikmdn.checkpoint."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError, JobFailedError
 from ikmdn.mdn import MDN, MDNConfig
 from ikmdn.outdir import run_folder, signals_raise, write_atomically
+from ikmdn.untrusted import MAX_SEED, short
 
 # Size limits, checked by TrainConfig before anything is allocated: far above any useful run (the
 # largest shipped model has 4 x 256 hidden units, K = 32, 1.5M samples per epoch, 12 epochs), far
@@ -45,14 +47,7 @@ MAX_SAMPLES = 1_000_000_000      # training pairs per epoch (streamed in chunks,
 MAX_EPOCHS = 10_000
 MAX_PARAMETERS = 100_000_000     # 400 MB of float32 weights (Adam's moments and gradients: x4)
 MAX_ACTIVATIONS = 2**28          # rows x units in one forward pass: 1 GiB of float32
-MAX_SEED = 2**32 - 1
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]{1,3})?")
-
-
-def _short(value: Any) -> str:
-    """repr(value), cut to a short prefix for error messages."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _integer(name: str, value: Any, lo: int, hi: int) -> int:
@@ -61,7 +56,7 @@ def _integer(name: str, value: Any, lo: int, hi: int) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise IKMDNError(f"{name} must be an integer, got {_short(value)}")
+            raise IKMDNError(f"{name} must be an integer, got {short(value)}")
     if not lo <= value <= hi:
         raise IKMDNError(f"{name} must be an integer from {lo:,} to {hi:,}, got {int(value):,}")
     return int(value)
@@ -103,7 +98,7 @@ class TrainConfig:
         arm = self.build_arm()  # a name or spec that makes no arm fails here, before any work
         if isinstance(self.hidden, (str, bytes)) or not isinstance(self.hidden, (list, tuple)):
             raise IKMDNError(f"hidden must be a list of layer widths such as [128, 128], "
-                             f"got {_short(self.hidden)}")
+                             f"got {short(self.hidden)}")
         if len(self.hidden) > MAX_LAYERS:
             raise IKMDNError(f"hidden (--hidden) has {len(self.hidden)} layers; at most "
                              f"{MAX_LAYERS} are allowed")
@@ -117,11 +112,11 @@ class TrainConfig:
             raise IKMDNError(f"batch_size (--batch-size) {self.batch_size:,} is larger than samples "
                              f"(--samples) {self.samples:,}; give at most {self.samples:,}")
         if not (isinstance(self.lr, numbers.Real) and math.isfinite(self.lr) and self.lr > 0):
-            raise IKMDNError(f"lr must be a positive number, got {_short(self.lr)}")
+            raise IKMDNError(f"lr must be a positive number, got {short(self.lr)}")
         if not (isinstance(self.val_fraction, numbers.Real) and 0 < self.val_fraction < 1):
-            raise IKMDNError(f"val_fraction must be in (0, 1), got {_short(self.val_fraction)}")
+            raise IKMDNError(f"val_fraction must be in (0, 1), got {short(self.val_fraction)}")
         if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
-            raise IKMDNError(f"device (--device) must be cpu, cuda or cuda:N, got {_short(self.device)}")
+            raise IKMDNError(f"device (--device) must be cpu, cuda or cuda:N, got {short(self.device)}")
         if self.kind == "least_squares":
             self.components = 1  # the conditional mean: one output per joint
         self._check_memory(arm)
@@ -497,7 +492,8 @@ def train_run(config: TrainConfig, out_dir: str | Path, force: bool = False,
     threads: torch CPU threads for this run (None: torch's default); see `torch_threads`.
     on_start: called once the folder is ready, before any data is made (e.g. to draw a bar)."""
     _device(config.device)  # an unusable device fails before any folder is made
-    with run_folder(out_dir, RUN_FILES, "ikmdn train", force=force) as out, \
+    with run_folder(out_dir, RUN_FILES, "ikmdn train", force=force,
+                    markers=(CHECKPOINT_NAME, LAST_NAME)) as out, \
             _stopped_by_signals(out) as progress:
         if on_start:
             on_start()

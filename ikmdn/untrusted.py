@@ -1,5 +1,5 @@
-"""Reading values from files ikmdn did not write itself (model and checkpoint metadata): bounded
-JSON parsing and short echoes of bad values. Torch- and onnxruntime-free.
+"""Reading values ikmdn did not make itself (model and checkpoint metadata, user input): bounded
+JSON parsing, short echoes of bad values, and shared range limits. Torch- and onnxruntime-free.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from ikmdn.errors import IKMDNError
 MAX_JSON_BYTES = 1 << 20   # one metadata field; ikmdn writes a few kB (a 7-joint arm spec: ~3 kB)
 MAX_JSON_DEPTH = 32        # nesting of lists and objects; ikmdn writes at most 4 levels
 ECHO_CHARS = 60            # at most this much of a bad value is echoed in an error
+MAX_SEED = 2**32 - 1       # what every seed consumer (torch, numpy) accepts
 
 
 def short(value: Any, limit: int = ECHO_CHARS) -> str:

@@ -342,7 +342,7 @@ def test_unknown_format(model):
 
 
 @pytest.mark.parametrize("option, message", [("--tol", "must be a positive number"),
-                                             ("--max-iter", "must be a positive number"),
+                                             ("--max-iter", "not in the range 1<=x<=100000"),
                                              ("--threads", "not in the range 1<=x<=1024")])
 def test_non_positive_solver_options(model, option, message):
     assert_usage_error(invoke("solve", "--model", model, "0.8", "0.4", option, "0"),

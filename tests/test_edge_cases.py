@@ -44,12 +44,12 @@ def test_fallback_keeps_weights_summing_to_one(monkeypatch, k):
     targets = arm.fk(arm.sample_joints(30, np.random.default_rng(1)))
     real, calls = solve_module.refine, []
 
-    def modes_fail(arm_, q0, x, settings):
+    def modes_fail(arm_, q0, x, settings, threads=None):
         calls.append(1)
         if len(calls) == 1:
             q = np.asarray(q0, dtype=np.float64)
             return q, arm_.fk(q), arm_.target_error(arm_.fk(q), x)
-        return real(arm_, q0, x, settings)
+        return real(arm_, q0, x, settings, threads=threads)
 
     monkeypatch.setattr(solve_module, "refine", modes_fail)
 

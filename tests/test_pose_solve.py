@@ -103,12 +103,12 @@ def test_fallback_seeds_rescue_targets_no_mode_solves(monkeypatch):
     targets = arm.fk(arm.sample_joints(40, np.random.default_rng(6)))
     real_refine, calls = solve_module.refine, []
 
-    def modes_fail(arm_, q0, x, settings):
+    def modes_fail(arm_, q0, x, settings, threads=None):
         calls.append(len(q0))
         if len(calls) == 1:  # the modes: leave them where they are, 3 rad away
             q = np.asarray(q0, dtype=np.float64)
             return q, arm_.fk(q), arm_.target_error(arm_.fk(q), x)
-        return real_refine(arm_, q0, x, settings)
+        return real_refine(arm_, q0, x, settings, threads=threads)
 
     monkeypatch.setattr(solve_module, "refine", modes_fail)
 

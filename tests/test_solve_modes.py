@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import PerturbedOracle
 
-from ikmdn.arms import get_arm, wrap_angle
+from ikmdn.arms import arm_from_spec, get_arm, wrap_angle
 from ikmdn.arms.closed_form import closed_form_ik
 from ikmdn.arms.rotations import matrix_to_quat
 from ikmdn.arms.serial import poses_to_targets, targets_to_poses
@@ -300,14 +300,14 @@ def test_multi_turn_joint_is_reported_on_the_turn_nearest_the_reference(ur5_two_
     assert np.all(branch_gap(plain.best(), branches, valid) <= 1e-6)
 
 
-def test_reference_beyond_the_limit_picks_the_nearest_turn_in_range(ur5_two_turns):
+def test_reference_beyond_the_limit_is_refused(ur5_two_turns):
+    """A robot's joints lie within their limits: a reference beyond the +2 pi limit is an error
+    (Arm.wrap_joints still maps such a reference to the nearest turn in range)."""
     solver, q, x = ur5_two_turns
     ref = q.copy()
     ref[:, 0] += 2 * TWO_PI                              # about 8 rad: beyond the +2 pi limit
-    sol = solver.solve(x, mode="best", near=ref)
-    answer = sol.best()
-    assert solver.arm.within_limits(answer).all() and sol.within_limits.all()
-    np.testing.assert_allclose(answer[:, 0], q[:, 0] + TWO_PI, atol=1e-6)
+    with pytest.raises(IKMDNError, match="outside its limits"):
+        solver.solve(x, mode="best", near=ref)
 
 
 def test_path_stays_on_the_turn_of_its_start(ur5_two_turns):
@@ -554,3 +554,47 @@ def test_cli_path_csv_and_table(ur5_solver, ur5_line_file):
     result = invoke(base)
     assert result.exit_code == 0, result.output
     assert "path of 10 targets" in result.output and "0 discontinuities" in result.output
+
+
+def test_best_near_far_reference_returns_a_nearer_solution_than_the_seed_reaches():
+    """A reference far from every solution: mode "best" does not stop at wherever LM carries the
+    reference; its answer is never farther than the nearest solution mode "all" finds by more
+    than a little (it may miss one that only a far-starting mode reaches)."""
+    solver = IKSolver.load(MODELS / "ur5.onnx")
+    arm = solver.arm
+    rng = np.random.default_rng(3)
+    x = arm.fk(arm.sample_joints(100, rng))
+    reference = arm.sample_joints(100, rng)
+    best = solver.solve(x, mode="best", near=reference)
+    every = solver.solve(x, near=reference)
+    d_best = joint_distance(arm, best.best(), reference)
+    d_all = joint_distance(arm, every.best(), reference)
+    assert best.reachable.all()
+    assert np.mean(d_best <= d_all + 1e-9) >= 0.9
+    assert np.median(d_best - d_all) <= 1e-9
+
+
+def test_reference_outside_the_limits_is_refused():
+    solver = IKSolver.load(MODELS / "panda.onnx")
+    x = solver.arm.fk(solver.arm.home)
+    with pytest.raises(IKMDNError, match="near joint panda_joint2 = 1e.300 .row 0. is outside its limits"):
+        solver.solve(x, near=[0, 1e300, 0, -1.5, 0, 1.5, 0])
+    with pytest.raises(IKMDNError, match="start joint panda_joint1 = 10 .row 0. is outside"):
+        solver.solve_path(x, start=[10.0, 0, 0, -1.5, 0, 1.5, 0])
+
+
+def test_joints_with_stops_at_pi_do_not_wrap():
+    """The ROS UR5's elbow is a revolute joint limited to [-pi, pi]: from 3.1 to -3.1 it must
+    turn 6.2 rad, while the preset's free-turning elbow wraps (0.083 rad)."""
+    urdf = load_urdf(DATA / "ur5_ros.urdf", "tool0", base_link="base")
+    assert urdf.wrapping_joints.tolist() == [True, True, False, True, True, True]
+    q, r = np.zeros(6), np.zeros(6)
+    q[2], r[2] = 3.1, -3.1
+    assert joint_distance(urdf, q, r) == pytest.approx(6.2)
+    assert joint_distance(get_arm("ur5"), q, r) == pytest.approx(2 * np.pi - 6.2)
+    assert arm_from_spec(urdf.spec()).wrapping_joints.tolist() == urdf.wrapping_joints.tolist()
+
+
+def test_max_iter_is_bounded():
+    result = invoke(["solve", "0.6", "0.7", "--max-iter", str(2**63)])
+    assert result.exit_code == 2 and "--max-iter" in result.output

@@ -106,6 +106,30 @@ class Arm(abc.ABC):
         joints): their angles are periodic, learned and compared modulo 2 pi."""
         return (self._limits[:, 1] - self._limits[:, 0]) >= TWO_PI - 1e-9
 
+    _free: np.ndarray | None = None   # per joint: no hard stops (None: every full-turn joint)
+
+    @property
+    def free_turning(self) -> np.ndarray:
+        """(dof,) bool: joints without hard stops (URDF continuous joints); by default every joint
+        whose range spans a full turn (the planar presets and the UR5 preset, whose real joints
+        turn +-2 pi)."""
+        return self.continuous_joints.copy() if self._free is None else self._free.copy()
+
+    @free_turning.setter
+    def free_turning(self, flags) -> None:
+        flags = np.array(flags, dtype=bool)
+        if flags.shape != (self.dof,):
+            raise IKMDNError(f"continuous needs one true/false per joint ({self.dof}), got {flags.shape}")
+        self._free = flags
+
+    @property
+    def wrapping_joints(self) -> np.ndarray:
+        """(dof,) bool: joints whose angle may pass from +pi to -pi without travelling the turn
+        back: free-turning joints and joints of more than one turn. A revolute joint limited to
+        exactly one turn (a URDF revolute joint of -pi..pi) has stops there: it does not wrap, so
+        joint distances and path jumps measure the way it must really travel."""
+        return (self.free_turning & self.continuous_joints) | self.multi_turn_joints
+
     @property
     def multi_turn_joints(self) -> np.ndarray:
         """(dof,) bool: joints whose range exceeds one turn, so one angle has several in-limit turns."""
@@ -122,12 +146,12 @@ class Arm(abc.ABC):
         return lo + (hi - lo) * rng.random((n, self.dof))
 
     def within_limits(self, q: np.ndarray, atol: float = 1e-9) -> np.ndarray:
-        """(N,) bool: every joint of q (N, dof) lies within its limits. A joint with exactly one
-        turn of range (a URDF continuous joint) has no real limit; a multi-turn joint (UR's
-        +-2 pi) must lie within its real limits."""
+        """(N,) bool: every joint of q (N, dof) lies within its limits. A free-turning joint of one
+        turn of range (a URDF continuous joint) has no real limit; every other joint, multi-turn
+        ones (UR's +-2 pi) included, must lie within its limits."""
         q = np.asarray(q, dtype=np.float64)
         ok = (q >= self._limits[:, 0] - atol) & (q <= self._limits[:, 1] + atol)
-        free = self.continuous_joints & ~self.multi_turn_joints
+        free = self.wrapping_joints & ~self.multi_turn_joints
         return np.all((ok | free) & np.isfinite(q), axis=-1)
 
     def wrap_joints(self, q: np.ndarray, axis: int = -1, reference=None) -> np.ndarray:
@@ -156,8 +180,9 @@ class Arm(abc.ABC):
         return out
 
     def joint_turns(self, q) -> np.ndarray:
-        """Every in-limit turn of joints q (dof,): (T, dof), the joints with more than one turn
-        of range taking each of their in-limit values q_j + 2 pi k (all combinations)."""
+        """Every in-limit turn of joints q (dof,): (T, dof), each joint of a full turn of range or
+        more taking each of its in-limit values q_j + 2 pi k (all combinations; a one-turn joint
+        at exactly one of its limits has two, the other limit being the same angle)."""
         q = np.asarray(q, dtype=np.float64)
         if q.shape != (self.dof,) or not np.all(np.isfinite(q)):
             raise IKMDNError(f"joints must be {self.dof} finite numbers, got shape {q.shape}")

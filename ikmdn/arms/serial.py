@@ -119,11 +119,13 @@ class SerialArm(Arm):
                  target: str = "pose", rotation_weight: float = DEFAULT_ROTATION_WEIGHT,
                  joint_names: Sequence[str] | None = None, base_frame: str | None = None,
                  tip_frame: str | None = None, tool: Any = None,
-                 locked: dict[str, float] | None = None):
+                 locked: dict[str, float] | None = None, continuous: Sequence[bool] | None = None):
         """joints, joint_limits (dof, 2) and tip (4, 4, from the last joint frame to tip_frame)
         define the chain; tool (4, 4) is a fixed TCP transform after tip_frame (the hand pose is
         that of the tool point); base_frame, tip_frame and locked (joint name -> value, joints of
-        the description held fixed and folded into the chain) record where the chain came from."""
+        the description held fixed and folded into the chain) record where the chain came from;
+        continuous (per joint, from a URDF) marks joints without hard stops: a revolute joint
+        whose limits span exactly one turn keeps its stops (see Arm.wrapping_joints)."""
         if target not in TARGET_MODES:
             raise IKMDNError(f"target must be one of {', '.join(TARGET_MODES)}, got {target!r}")
         if not (math.isfinite(rotation_weight) and rotation_weight > 0):
@@ -141,6 +143,8 @@ class SerialArm(Arm):
         self.base_frame = None if base_frame is None else str(base_frame)
         self.tip_frame = None if tip_frame is None else str(tip_frame)
         self.locked = {str(k): float(v) for k, v in (locked or {}).items()}
+        if continuous is not None:
+            self.free_turning = continuous
         if not all(math.isfinite(v) for v in self.locked.values()):
             raise IKMDNError(f"locked joint values must be finite, got {self.locked}")
         self.target = target
@@ -345,6 +349,7 @@ class SerialArm(Arm):
             "base_frame": self.base_frame,
             "tip_frame": self.tip_frame,
             "locked": dict(self.locked),
+            "continuous": None if self._free is None else self._free.tolist(),
         }
 
     @classmethod
@@ -375,6 +380,10 @@ class SerialArm(Arm):
             if not isinstance(locked, dict):
                 raise IKMDNError(f"locked must be an object (joint name -> value), got {short(locked)}")
             locked = {k: spec_number(v, f"locked[{k!r}]") for k, v in locked.items()}
+        continuous = params.get("continuous")
+        if continuous is not None and (not isinstance(continuous, list)
+                                       or not all(isinstance(c, bool) for c in continuous)):
+            raise IKMDNError(f"continuous must be a list of true/false, got {short(continuous)}")
         return cls(spec_text(name, "name"), joints, joint_limits, tip=transforms["tip"],
                    target=spec_text(params.get("target", "pose"), "target"),
                    rotation_weight=spec_number(params.get("rotation_weight", DEFAULT_ROTATION_WEIGHT),
@@ -382,7 +391,7 @@ class SerialArm(Arm):
                    joint_names=names,
                    base_frame=spec_text(params.get("base_frame"), "base_frame", optional=True),
                    tip_frame=spec_text(params.get("tip_frame"), "tip_frame", optional=True),
-                   tool=transforms["tool"], locked=locked)
+                   tool=transforms["tool"], locked=locked, continuous=continuous)
 
 
 # -- pose targets from user input ---------------------------------------------------------------

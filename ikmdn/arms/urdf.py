@@ -207,7 +207,7 @@ class UrdfTree:
                                  f"or lock that joint")
             mount = _frame(joint, locks.get(joint.name)) @ mount
         pending = _inverse(mount)
-        joints, limits, names = [], [], []
+        joints, limits, names, continuous = [], [], [], []
         for joint in down:
             if not joint.moving or joint.name in locks:
                 pending = pending @ _frame(joint, locks.get(joint.name))
@@ -217,6 +217,7 @@ class UrdfTree:
             joints.append(Joint.make(_MOVING[joint.type], pending, _unit_axis(joint)))
             limits.append(_chain_limits(joint))
             names.append(joint.name)
+            continuous.append(joint.type == "continuous")
             pending = np.eye(4)
         if not joints:
             raise IKMDNError(f"the URDF chain from {base!r} to {tip!r} has no moving joint")
@@ -224,7 +225,7 @@ class UrdfTree:
             tool = tool_transform(tool)
         return SerialArm(name or self.name or tip, joints, limits, tip=pending, target=target,
                          rotation_weight=rotation_weight, joint_names=names, base_frame=base,
-                         tip_frame=tip, tool=tool, locked=locks)
+                         tip_frame=tip, tool=tool, locked=locks, continuous=continuous)
 
     def _check_movable(self, joint: UrdfJoint, tip: str) -> None:
         """Errors for a joint on the chain that cannot become a moving joint of the arm."""

@@ -14,6 +14,7 @@ import click
 
 from ikmdn import __version__
 from ikmdn.errors import IKMDNError
+from ikmdn.untrusted import MAX_SEED
 
 
 def default_model() -> Path:
@@ -56,7 +57,7 @@ def positive(ctx, param, value):
     return value
 
 
-SEED = click.IntRange(min=0, max=2**32 - 1)  # what every seed consumer (torch, numpy) accepts
+SEED = click.IntRange(min=0, max=MAX_SEED)
 THREADS = click.IntRange(min=1, max=1024)
 # The pip line for the training extra: the same CPU build of torch the README and CI install.
 TORCH_INSTALL = "pip install 'ikmdn[train]' torch==2.13.0"

@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from ikmdn.cli._base import THREADS, cli, default_model, positive
+from ikmdn.refine import MAX_ITER
 
 
 def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
@@ -97,9 +98,10 @@ def _solve_batches(solver, chunks, refine: bool, mode: str, near: np.ndarray | N
 @click.option("--start", "start_text", metavar="Q1,...,Qn", help="Start joints for --path.")
 @click.option("--tol", type=float, callback=positive,
               help="Refinement tolerance in target units [default: 1e-9].")
-@click.option("--max-iter", type=int, callback=positive,
+@click.option("--max-iter", type=click.IntRange(1, MAX_ITER),
               help="Refinement iteration cap [default: 30 for planar arms, 100 for spatial ones].")
-@click.option("--threads", type=THREADS, help="ONNX Runtime threads.")
+@click.option("--threads", type=THREADS,
+              help="Threads for ONNX Runtime and the refinement [default: one per CPU, at most 8].")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
 @click.option("--pose", is_flag=True,
               help="Pose arms: COORDINATES (and file rows) are x y z qw qx qy qz (m, unit quaternion).")

@@ -398,3 +398,16 @@ def test_removed_if_failed_keeps_folders_that_hold_something(tmp_path):
         (out / "partial.png").write_bytes(b"x")
         raise RuntimeError("late failure")
     assert (out / "partial.png").is_file()
+
+
+def test_force_never_deletes_a_users_files_where_there_is_no_run(tmp_path):
+    """A project folder with its own config.json and history.csv but no model.pt/last.pt is not
+    an old run: --force is refused there and every file stays."""
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}')
+    (out / "history.csv").write_text("a,b\n")
+    result = invoke("train", "--arm", "bishop", "--out", out, "--force", *TINY)
+    assert_refused(result, "holds files but no earlier run", "--force only replaces a run")
+    assert (out / "config.json").read_text() == '{"mine": true}'
+    assert (out / "history.csv").read_text() == "a,b\n"
