@@ -3,7 +3,7 @@
 Library errors (IKMDNError) become one-line messages: exit 2 for bad input, 1 for a failed job.
 """
 
-from ikmdn.cli import evaluate, solve, train, urdf  # noqa: F401  (registers the commands)
+from ikmdn.cli import demo_server, evaluate, solve, train, urdf  # noqa: F401  (registers the commands)
 from ikmdn.cli._base import cli, default_model
 
 __all__ = ["cli", "default_model", "main"]
