@@ -23,9 +23,13 @@ by these rules (each constant a field of `RefineSettings`):
    minimum, e.g. a target outside the workspace or a solution beyond a joint limit), or
    `max_iter` iterations.
 
-The result is (q, fk(q), err) at the last kept point. These rules have one implementation: the
-compiled per-candidate kernel `ikmdn.kernels.refine_kernel` (numba, float64, no fastmath), with
-the arm's kinematics compiled from `arm.kernel_data()`; numba is imported on the first refinement.
+The result is (q, fk(q), err) at the last kept point. These rules exist in two media, pinned to
+each other candidate by candidate on every arm family: the compiled per-candidate kernel
+`ikmdn.kernels.refine_kernel` (numba, float64, no fastmath; the arm's kinematics compiled from
+`arm.kernel_data()`; numba is imported on the first refinement), which `IKSolver` runs, and the
+torch module `ikmdn.refine_graph.RefineGraph`, exported into format-2 ONNX files
+(tests/test_refine_kernel.py pins the kernel to the arms' numpy kinematics,
+tests/test_export_format2.py the graph to the kernel).
 """
 
 from __future__ import annotations

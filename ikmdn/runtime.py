@@ -9,18 +9,25 @@ with `onnx` (external data never loaded) and refused unless they keep DESIGN.md'
 - the ikmdn metadata present once each, its JSON bounded (`ikmdn.untrusted`: size and nesting)
   and the arm spec valid (finite numbers, right types: `arm_from_spec`);
 - the graph's input and outputs those of its ikmdn.format, with their element types and ranks,
-  a dynamic batch axis, dof and target_dim those of the arm, a declared K from 1 to MAX_COMPONENTS.
+  a dynamic batch axis, dof and target_dim those of the arm, a declared K from 1 to MAX_COMPONENTS;
+  format 2 adds the metadata ikmdn.refine (the LM settings: RefineSettings fields and "phases").
 
 The session is then made from the checked bytes (never from the path, so nothing can swap the
 file or resolve a path beside it), and one probe call reads the real K, which must agree with
-every K the file declares. At predict time targets beyond MAX_TARGET are refused (float32
-networks return NaN near 1e36), and every output is checked (finite, weights >= 0 summing to 1,
-sigmas > 0) before it leaves this module; an ONNX Runtime failure is a one-line error.
+every K the file declares. Format 2 (DESIGN.md "ONNX format 2": float64 targets, the network's
+outputs, then the refined solutions) gets two sessions: `predict` runs the network-only subgraph
+(the nodes its three outputs depend on), so it costs what format 1 costs, and `refined` runs the
+whole graph, network and refinement (that session is made, and probed, on its first use).
+At predict time targets beyond MAX_TARGET are refused (float32 networks return NaN near 1e36),
+and every output is checked (finite, weights >= 0 summing to 1, sigmas > 0; format 2's refined
+outputs their shapes and types) before it leaves this module; an ONNX Runtime failure is a
+one-line error.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +40,34 @@ from ikmdn.arms import Arm, arm_from_spec
 from ikmdn.arms.base import as_batch
 from ikmdn.errors import IKMDNError, JobFailedError
 from ikmdn.mixture import Mixture
+from ikmdn.refine import RefineSettings
 from ikmdn.untrusted import parse_json, short
 
-ONNX_FORMAT = 1  # the newest ikmdn.format this runtime reads
+ONNX_FORMAT = 2  # the newest ikmdn.format this runtime reads
 INPUT_NAME = "targets"
 OUTPUT_NAMES = ("weights", "means", "sigmas")
+REFINED_OUTPUT_NAMES = ("joints", "positions", "errors", "rotation_errors", "within_limits",
+                        "distinct")
 METADATA_KEYS = ("ikmdn.format", "ikmdn.version", "ikmdn.arm", "ikmdn.train", "ikmdn.metrics")
+REFINE_KEY = "ikmdn.refine"   # format 2: the LM settings (JSON)
+MAX_PHASES = 64
+_NETWORK = {"weights": (TensorProto.FLOAT, ("N", "K")),
+            "means": (TensorProto.FLOAT, ("N", "K", "dof")),
+            "sigmas": (TensorProto.FLOAT, ("N", "K", "dof"))}
 # Per ikmdn.format: each input and output in order, with its element type and axes ("N" the
 # dynamic batch axis, "K" the mixture components, "dof" and "target_dim" those of the arm).
 CONTRACTS: dict[int, dict[str, tuple[int, tuple[str, ...]]]] = {
-    1: {"targets": (TensorProto.FLOAT, ("N", "target_dim")),
-        "weights": (TensorProto.FLOAT, ("N", "K")),
-        "means": (TensorProto.FLOAT, ("N", "K", "dof")),
-        "sigmas": (TensorProto.FLOAT, ("N", "K", "dof"))},
+    1: {"targets": (TensorProto.FLOAT, ("N", "target_dim")), **_NETWORK},
+    2: {"targets": (TensorProto.DOUBLE, ("N", "target_dim")), **_NETWORK,
+        "joints": (TensorProto.DOUBLE, ("N", "K", "dof")),
+        "positions": (TensorProto.DOUBLE, ("N", "K", "target_dim")),
+        "errors": (TensorProto.DOUBLE, ("N", "K")),
+        "rotation_errors": (TensorProto.DOUBLE, ("N", "K")),
+        "within_limits": (TensorProto.BOOL, ("N", "K")),
+        "distinct": (TensorProto.BOOL, ("N", "K"))},
 }
-CONTRACT_INPUTS = {1: (INPUT_NAME,)}
+CONTRACT_INPUTS = {1: (INPUT_NAME,), 2: (INPUT_NAME,)}
+_NUMPY = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64, TensorProto.BOOL: np.bool_}
 
 MAX_MODEL_BYTES = 512 << 20   # the shipped models are 0.15-1.3 MB
 MAX_COMPONENTS = 4096         # the shipped models have K <= 32
@@ -198,7 +218,7 @@ def parse_model(data: bytes, source: str) -> onnx.ModelProto:
         check_tensor(tensor, f"{source}: {where}")
     seen: set[str] = set()
     for prop in model.metadata_props:  # before the checker, whose message would not name the key
-        if prop.key in METADATA_KEYS and prop.key in seen:
+        if prop.key in (*METADATA_KEYS, REFINE_KEY) and prop.key in seen:
             raise IKMDNError(f"{source}: metadata {prop.key} appears more than once")
         seen.add(prop.key)
     try:
@@ -279,12 +299,101 @@ def check_interface(graph: onnx.GraphProto, fmt: int, arm: Arm, source: str) -> 
     return declared
 
 
+def read_refine_settings(meta: dict[str, str], source: str) -> tuple[RefineSettings, tuple[int, ...]]:
+    """(RefineSettings, phases) from a format-2 model's metadata ikmdn.refine: a JSON object with
+    every RefineSettings field (numbers) and "phases" (positive integers summing to max_iter)."""
+    what = f"{source}: metadata {REFINE_KEY}"
+    if REFINE_KEY not in meta:
+        raise IKMDNError(f"{source} is ikmdn.format 2 but its metadata lacks {REFINE_KEY}")
+    value = parse_json(meta[REFINE_KEY], what, dict)
+    fields = RefineSettings.__dataclass_fields__
+    wanted = [*fields, "phases"]
+    missing, unknown = [k for k in wanted if k not in value], [k for k in value if k not in wanted]
+    if missing or unknown:
+        raise IKMDNError(f"{what} must hold {', '.join(wanted)}; missing {short(missing)}, "
+                         f"unknown {short(unknown)}")
+    settings = {}
+    for key in fields:
+        v = value[key]
+        integer = key == "max_iter"
+        if (isinstance(v, bool) or not isinstance(v, int if integer else (int, float))
+                or not math.isfinite(v) or v < 0):
+            kind = "a non-negative integer" if integer else "a finite non-negative number"
+            raise IKMDNError(f"{what}: {key} must be {kind}, got {short(v)}")
+        settings[key] = v if integer else float(v)
+    phases = value["phases"]
+    if (not isinstance(phases, list) or len(phases) > MAX_PHASES
+            or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in phases)
+            or sum(phases) != settings["max_iter"]):
+        raise IKMDNError(f"{what}: phases must be at most {MAX_PHASES} positive integers summing to "
+                         f"max_iter ({settings['max_iter']}), got {short(phases)}")
+    return RefineSettings(**settings), tuple(phases)
+
+
+def network_subgraph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The part of a format-2 model that computes weights, means and sigmas from targets: the
+    nodes those outputs depend on (walking back from them, subgraph inputs included), with their
+    initializers; metadata left out."""
+    graph = model.graph
+    needed = set(OUTPUT_NAMES)
+    nodes = []
+
+    def used(node) -> set[str]:
+        names = set(node.input)
+        subgraphs = [a.g for a in node.attribute if a.HasField("g")]
+        subgraphs += [g for a in node.attribute for g in a.graphs]
+        while subgraphs:
+            sub = subgraphs.pop()
+            for n in sub.node:
+                names.update(n.input)
+                subgraphs += [a.g for a in n.attribute if a.HasField("g")]
+                subgraphs += [g for a in n.attribute for g in a.graphs]
+        return names
+
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            nodes.append(node)
+            needed |= used(node)
+    nodes.reverse()
+    out = onnx.helper.make_graph(
+        nodes, graph.name, list(graph.input), [v for v in graph.output if v.name in OUTPUT_NAMES],
+        initializer=[t for t in graph.initializer if t.name in needed],
+        sparse_initializer=[t for t in graph.sparse_initializer if t.values.name in needed],
+        value_info=[v for v in graph.value_info if v.name in needed])
+    sub = onnx.helper.make_model(out, opset_imports=list(model.opset_import))
+    sub.ir_version = model.ir_version
+    sub.functions.extend(model.functions)
+    return sub
+
+
+@dataclass(frozen=True)
+class Refined:
+    """The outputs of a format-2 graph for N targets (DESIGN.md "ONNX format 2"), in the network's
+    component order: weights (N, K), means, sigmas (N, K, dof) float32; joints (N, K, dof),
+    positions (N, K, target_dim), errors (N, K), rotation_errors (N, K) float64; within_limits,
+    distinct (N, K) bool."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    sigmas: np.ndarray
+    joints: np.ndarray
+    positions: np.ndarray
+    errors: np.ndarray
+    rotation_errors: np.ndarray
+    within_limits: np.ndarray
+    distinct: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+
 class OnnxModel:
     """One InferenceSession per model, reused for every call.
 
     Attributes: arm (rebuilt from the metadata), components (K, the graph's real one), format
     (ikmdn.format), train_config and metrics (dicts), version (ikmdn version that exported it),
-    source (the file path).
+    source (the file path); for format 2 also refine_settings (RefineSettings) and phases (the
+    graph's LM phases), None for format 1.
     """
 
     def __init__(self, model: str | Path | bytes, threads: int | None = None,
@@ -307,13 +416,24 @@ class OnnxModel:
         self.train_config: dict[str, Any] = self._json(meta, "ikmdn.train")
         self.metrics: dict[str, Any] = self._json(meta, "ikmdn.metrics")
         self.version = meta["ikmdn.version"]
-        declared = check_interface(proto.graph, self.format, self.arm, self.source)
+        self.refine_settings: RefineSettings | None = None
+        self.phases: tuple[int, ...] | None = None
+        if self.format >= 2:
+            self.refine_settings, self.phases = read_refine_settings(meta, self.source)
+        self._declared = check_interface(proto.graph, self.format, self.arm, self.source)
+        self._input_type = np.float64 if self.format >= 2 else np.float32
+        self._data, self._options = data, options
+        self._graph_session: ort.InferenceSession | None = None
+        network = data if self.format == 1 else network_subgraph(proto).SerializeToString()
         del proto
+        self.session = self._session(network)
+        self.components = self._probe(self._declared)
+
+    def _session(self, data: bytes) -> ort.InferenceSession:
         try:
-            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(data, self._options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise IKMDNError(f"{self.source} is not a readable ONNX model: {_first_line(exc)}") from None
-        self.components = self._probe(declared)
 
     def _json(self, meta: dict[str, str], key: str, build=None) -> Any:
         """The JSON object of a metadata key (through build, e.g. arm_from_spec), errors naming it."""
@@ -329,7 +449,7 @@ class OnnxModel:
     def _probe(self, declared: int | None) -> int:
         """The real K, read off one call; it must agree with the K the graph and the training
         config declare."""
-        x = np.zeros((PROBE_ROWS, self.arm.target_dim), np.float32)
+        x = np.zeros((PROBE_ROWS, self.arm.target_dim), self._input_type)
         try:
             weights, means, sigmas = self.session.run(OUTPUT_NAMES, {INPUT_NAME: x})
         except Exception as exc:
@@ -401,7 +521,7 @@ class OnnxModel:
             row, col = (int(i) for i in np.argwhere(beyond)[0])
             raise IKMDNError(f"targets must lie within +-{MAX_TARGET:.0e} (the model computes in "
                              f"float32): row {row} has {self.arm.target_names[col]} = {x[row, col]:.3g}")
-        x = x.astype(np.float32)
+        x = x.astype(self._input_type)
         k, dof = self.components, self.arm.dof
         if len(x) == 0:
             return Mixture(np.zeros((0, k), np.float32), np.zeros((0, k, dof), np.float32),
@@ -414,3 +534,52 @@ class OnnxModel:
         self._check_shapes(weights, means, sigmas, len(x))
         self._check_values(weights, means, sigmas)
         return Mixture(weights, means, sigmas)
+
+    # -- format 2: the whole graph --------------------------------------------------------------
+    @property
+    def graph_session(self) -> ort.InferenceSession:
+        """The session of the whole format-2 graph (network and refinement), made and probed on
+        first use; IKMDNError for a format-1 model."""
+        if self.format < 2:
+            raise IKMDNError(f"{self.source} is ikmdn.format {self.format}: the network alone, "
+                             "without the refinement graph of format 2 (re-export it with `ikmdn "
+                             "export`)")
+        if self._graph_session is None:
+            session = self._session(self._data)
+            self._run_graph(session, np.zeros((PROBE_ROWS, self.arm.target_dim)), "a probe call")
+            self._graph_session = session
+        return self._graph_session
+
+    def refined(self, targets) -> Refined:
+        """Every output of a format-2 graph for targets (N, target_dim) (or one (target_dim,)):
+        the network's mixture and its K refined candidates per target (see Refined). Inputs are
+        checked as in predict; outputs must have the contract's shapes and types, and the
+        mixture the values predict requires."""
+        x = as_batch(targets, self.arm.target_dim, "targets")
+        beyond = np.abs(x) > MAX_TARGET
+        if beyond.any():
+            row, col = (int(i) for i in np.argwhere(beyond)[0])
+            raise IKMDNError(f"targets must lie within +-{MAX_TARGET:.0e} (the network computes in "
+                             f"float32): row {row} has {self.arm.target_names[col]} = {x[row, col]:.3g}")
+        return self._run_graph(self.graph_session, x, f"{len(x):,} targets")
+
+    def _run_graph(self, session: ort.InferenceSession, x: np.ndarray, what: str) -> Refined:
+        names = (*OUTPUT_NAMES, *REFINED_OUTPUT_NAMES)
+        try:
+            values = session.run(names, {INPUT_NAME: x})
+        except Exception as exc:
+            raise JobFailedError(f"{self.source}: ONNX Runtime failed on {what}: "
+                                 f"{_first_line(exc)}") from None
+        n, sizes = len(x), {"N": len(x), "K": self.components, "dof": self.arm.dof,
+                            "target_dim": self.arm.target_dim}
+        contract = CONTRACTS[self.format]
+        for name, value in zip(names, values, strict=True):
+            elem, axes = contract[name]
+            shape = tuple(sizes[a] for a in axes)
+            if value.shape != shape or value.dtype != _NUMPY[elem]:
+                raise IKMDNError(f"{self.source}: the model returned {name} {value.dtype} "
+                                 f"{value.shape} for {n} targets; expected "
+                                 f"{_type_name(elem)} {shape}")
+        out = Refined(*values)
+        self._check_values(out.weights, out.means, out.sigmas)
+        return out

@@ -1,31 +1,51 @@
-"""Benchmark inference: ONNX Runtime vs PyTorch eager, targets per second (issue: ONNX export).
+"""Benchmark inference: ONNX Runtime vs PyTorch eager, and the refined solver of ONNX format 2.
 
-Batches of 1, 1,000, 10,000 and 100,000 targets on 2 threads for the bishop model, and the
-latency of a single-target call (median over many calls, through OnnxModel.predict with its
-input checks, and the raw session.run).
+Format 1 (the network): batches of 1, 1,000, 10,000 and 100,000 targets on 2 threads for the
+bishop model, and the latency of a single-target call (median over many calls, through
+OnnxModel.predict with its input checks, and the raw session.run).
 
-    python scripts/bench_runtime.py [--checkpoint runs/bishop] [--threads 2]
+Format 2 (issue 12, the shipped exported_models/*.onnx): Bishop's arm, the whole graph (network and
+refinement) on 100,000 targets against the closed-form solver in the same process (their
+speed ratio; the bar is 0.20) and the share of targets whose best candidate is within 1e-9;
+OnnxModel.predict of the format-2 file (its network-only session) against the same network as a
+format-1 file; UR5 and Panda on 1,000 poses: solved share, distinct solutions per pose and poses
+per second of the graph and of the Python solver (IKSolver, numba refinement, with no fallback
+seeds: the same candidates under the same rules; and with its default fallback seeds); file
+sizes. The machine's 1-minute load average is printed beside every figure (2 shared cores).
 
-The checkpoint (for the PyTorch side) defaults to runs/bishop as written by
+    python scripts/bench_runtime.py [--part all|format1|format2] [--checkpoint runs/bishop]
+                                    [--threads 2]
+
+The checkpoint (for the PyTorch side of format 1) defaults to runs/bishop as written by
 scripts/build_exported_models.py; without it a default model is trained first (about a minute).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from _common import ROOT, best_time, call_times, write_results
+from _common import MODELS, ROOT, best_time, call_times, write_results
 
-from ikmdn.export import onnx_bytes
+from ikmdn.arms.closed_form import closed_form_ik
+from ikmdn.export import format1_bytes
 from ikmdn.runtime import OnnxModel
-from ikmdn.train import default_config, load_checkpoint, train_run
+from ikmdn.solve import IKSolver
 
 BATCHES = (1, 1_000, 10_000, 100_000)
+BISHOP_TARGETS = 100_000
+POSES = 1_000
+RATIO_BAR = 0.20
+
+
+def load() -> float:
+    """The machine's 1-minute load average."""
+    return os.getloadavg()[0]
 
 
 def single_call_us(fn, calls: int = 3000) -> float:
@@ -33,12 +53,12 @@ def single_call_us(fn, calls: int = 3000) -> float:
     return statistics.median(call_times(fn, calls, warmup=100)) * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "runs" / "bishop")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "runtime.json")
-    args = parser.parse_args()
+def format1(args) -> dict:
+    import torch
+
+    from ikmdn.export import onnx_bytes
+    from ikmdn.train import default_config, load_checkpoint, train_run
+
     torch.set_num_threads(args.threads)
     if args.checkpoint.exists():
         checkpoint = load_checkpoint(args.checkpoint)
@@ -61,19 +81,137 @@ def main() -> None:
 
         ort_s = best_time(lambda x=x: onnx.predict(x), repeats)
         torch_s = best_time(run_torch, repeats)
-        rows.append({"batch": batch, "onnxruntime_per_s": batch / ort_s, "torch_per_s": batch / torch_s})
+        rows.append({"batch": batch, "onnxruntime_per_s": batch / ort_s, "torch_per_s": batch / torch_s,
+                     "load": load()})
         print(f"batch {batch:>7,}: onnxruntime {batch / ort_s:>12,.0f} targets/s   "
-              f"pytorch eager {batch / torch_s:>12,.0f} targets/s", flush=True)
+              f"pytorch eager {batch / torch_s:>12,.0f} targets/s   (load {load():.2f})", flush=True)
     one = arm.fk(arm.sample_joints(1, rng)).astype(np.float32)
     feeds = {"targets": one}
     latency = {"predict_us": single_call_us(lambda: onnx.predict(one)),
                "session_run_us": single_call_us(lambda: onnx.session.run(None, feeds))}
     with torch.inference_mode():
         latency["torch_us"] = single_call_us(lambda: model(torch.from_numpy(one)))
+    latency["load"] = load()
     print(f"single target: OnnxModel.predict {latency['predict_us']:.1f} us, raw session.run "
-          f"{latency['session_run_us']:.1f} us, pytorch eager {latency['torch_us']:.1f} us")
-    write_results(args.out, {"bench": "runtime", "threads": args.threads, "batches": rows,
-                             "single_call": latency})
+          f"{latency['session_run_us']:.1f} us, pytorch eager {latency['torch_us']:.1f} us "
+          f"(load {load():.2f})")
+    return {"batches": rows, "single_call": latency}
+
+
+def _best_error(out) -> np.ndarray:
+    """(N,) per target the smallest error of a distinct in-limit candidate (inf if none)."""
+    usable = out.distinct & out.within_limits
+    return np.where(usable, np.maximum(out.errors, out.rotation_errors), np.inf).min(axis=1)
+
+
+def _graph_solved(out, tol: float = 1e-6) -> np.ndarray:
+    """(N, K) the candidates a client counts as solutions (as Solutions.solved)."""
+    return out.distinct & out.within_limits & (out.errors <= tol) & (out.rotation_errors <= tol)
+
+
+def bishop(args) -> dict:
+    """The format-2 graph on 100,000 Bishop targets vs the closed-form solver, same process."""
+    model = OnnxModel(MODELS / "bishop.onnx", threads=args.threads)
+    arm = model.arm
+    x = arm.fk(arm.sample_joints(BISHOP_TARGETS, np.random.default_rng(0)))
+    model.refined(x[:10])  # the graph's session, made on first use
+    closed_form_ik(arm, x)
+    # interleaved, so that both see the same load; the best of each
+    graph_s = closed_s = float("inf")
+    for _ in range(2 * args.repeats):
+        graph_s = min(graph_s, call_times(lambda: model.refined(x), 1, warmup=0)[0])
+        closed_s = min(closed_s, call_times(lambda: closed_form_ik(arm, x), 1, warmup=0)[0])
+    out = model.refined(x)
+    best = _best_error(out)
+    # predict of the format-2 file (network-only session) vs the same network as a format-1 file
+    raw = OnnxModel(format1_bytes((MODELS / "bishop.onnx").read_bytes()), threads=args.threads)
+    predict2_s = best_time(lambda: model.predict(x), args.repeats)
+    predict1_s = best_time(lambda: raw.predict(x), args.repeats)
+    result = {"targets": len(x), "graph_s": graph_s, "closed_form_s": closed_s,
+              "ratio": closed_s / graph_s, "bar": RATIO_BAR,
+              "best_error_within_1e-9": float(np.mean(best <= 1e-9)),
+              "predict_format2_s": predict2_s, "predict_format1_s": predict1_s, "load": load()}
+    print(f"bishop, {len(x):,} targets: format-2 graph {graph_s * 1e3:.1f} ms "
+          f"({len(x) / graph_s:,.0f} targets/s), closed form {closed_s * 1e3:.1f} ms: ratio "
+          f"{result['ratio']:.3f} (bar {RATIO_BAR}) (load {load():.2f})")
+    print(f"  best error <= 1e-9 for {result['best_error_within_1e-9']:.3%} of targets; "
+          f"predict: format 2 {predict2_s * 1e3:.1f} ms, format 1 {predict1_s * 1e3:.1f} ms "
+          f"(load {load():.2f})", flush=True)
+    return result
+
+
+def spatial(args, name: str) -> dict:
+    """Graph vs Python solver on 1,000 poses of a spatial arm."""
+    model = OnnxModel(MODELS / f"{name}.onnx", threads=args.threads)
+    arm = model.arm
+    x = arm.fk(arm.sample_joints(POSES, np.random.default_rng(3)))
+    start = time.perf_counter()
+    model.refined(x[:2])
+    session_s = time.perf_counter() - start
+    graph_s = best_time(lambda: model.refined(x), args.repeats)
+    out = model.refined(x)
+    solved = _graph_solved(out)
+    same_rules = IKSolver(model, fallback_seeds=0)
+    same_rules.solve(x[:2])   # numba's compiled kernel loads
+    python_s = best_time(lambda: same_rules.solve(x), args.repeats)
+    sol = same_rules.solve(x)
+    default = IKSolver(model)
+    default_s = best_time(lambda: default.solve(x), args.repeats)
+    dsol = default.solve(x)
+    result = {
+        "poses": len(x), "load": load(), "graph_session_s": session_s,
+        "graph": {"solved": float(solved.any(axis=1).mean()),
+                  "distinct_per_pose": float(solved.sum(axis=1).mean()),
+                  "poses_per_s": len(x) / graph_s},
+        "python": {"solved": float(sol.reachable.mean()),
+                   "distinct_per_pose": float(sol.solved.sum(axis=1).mean()),
+                   "poses_per_s": len(x) / python_s},
+        "python_default": {"solved": float(dsol.reachable.mean()),
+                           "distinct_per_pose": float(dsol.solved.sum(axis=1).mean()),
+                           "poses_per_s": len(x) / default_s,
+                           "fallback_seeds": default.fallback_seeds},
+        "same_solved_poses": float(np.mean(solved.any(axis=1) == sol.reachable)),
+        "same_distinct_count": float(np.mean(solved.sum(axis=1) == sol.solved.sum(axis=1))),
+    }
+    g, p, d = result["graph"], result["python"], result["python_default"]
+    print(f"{name}, {len(x):,} poses (load {load():.2f}): graph solved {g['solved']:.2%}, "
+          f"{g['distinct_per_pose']:.3f} distinct solutions per pose, {g['poses_per_s']:,.0f} poses/s "
+          f"(session made in {session_s:.1f} s)")
+    print(f"  Python solver, no fallback seeds: solved {p['solved']:.2%}, "
+          f"{p['distinct_per_pose']:.3f} per pose, {p['poses_per_s']:,.0f} poses/s; same solved flag "
+          f"{result['same_solved_poses']:.2%}, same count {result['same_distinct_count']:.2%} of poses")
+    print(f"  Python solver, default ({d['fallback_seeds']} fallback seeds): solved {d['solved']:.2%}, "
+          f"{d['distinct_per_pose']:.3f} per pose, {d['poses_per_s']:,.0f} poses/s (load {load():.2f})",
+          flush=True)
+    return result
+
+
+def sizes() -> list[dict]:
+    rows = []
+    for path in sorted(MODELS.glob("*.onnx")):
+        data = path.read_bytes()
+        network = len(format1_bytes(data))
+        rows.append({"model": path.name, "bytes": len(data), "network_bytes": network})
+        print(f"{path.name:<13} {len(data) / 1024:>6.0f} KiB (network {network / 1024:.0f} KiB, "
+              f"refinement {(len(data) - network) / 1024:.0f} KiB)")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("all", "format1", "format2"), default="all")
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "runs" / "bishop")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per format-2 figure (best)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "runtime.json")
+    args = parser.parse_args()
+    results: dict = {"bench": "runtime", "threads": args.threads}
+    if args.part in ("all", "format2"):
+        results["format2"] = {"bishop": bishop(args), "ur5": spatial(args, "ur5"),
+                              "panda": spatial(args, "panda"), "sizes": sizes()}
+    if args.part in ("all", "format1"):
+        results.update(format1(args))
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
 """Build the shipped models: exported_models/<arm>.onnx and exported_models/README.md.
 
 Each model is made by the project's default pipeline (`ikmdn train --arm ARM` defaults, then
-`ikmdn export`), with its evaluation (10,000 fresh targets, closed-form oracle) written into the
-ONNX metadata (ikmdn.metrics) and the README table. Deterministic: the same seeds on the same
-CPU reproduce the files' metrics. Run folders go to runs/<arm> (not shipped).
+`ikmdn export`, which writes ikmdn.format 2: the network and the refinement graph), with its
+evaluation (10,000 fresh targets, closed-form oracle) written into the ONNX metadata
+(ikmdn.metrics) and the README table. Deterministic: the same seeds on the same CPU reproduce
+the files' metrics. Run folders go to runs/<arm> (not shipped).
 
     python scripts/build_exported_models.py [--arms bishop,planar2,planar3]
+    python scripts/build_exported_models.py --convert [--arms ...]   # format 1 -> format 2
+    python scripts/build_exported_models.py --readme                  # the table only
+
+--convert rebuilds shipped format-1 files as format 2 without their training runs: the network
+graph is kept as it is (every initializer checked byte for byte against the old file), the
+refinement graph added around it and checked against the Python refinement (export.refine_check).
 """
 
 from __future__ import annotations
@@ -15,18 +22,42 @@ import hashlib
 import json
 
 import numpy as np
+import onnx
 from _common import MODELS, ROOT
 
 from ikmdn.arms.closed_form import has_closed_form
 from ikmdn.data import make_ik_dataset
 from ikmdn.evaluate import coverage, rms
-from ikmdn.export import export_onnx
+from ikmdn.export import export_onnx, format1_bytes, format2_bytes, refine_check
+from ikmdn.outdir import write_atomically
 from ikmdn.runtime import OnnxModel
 from ikmdn.solve import IKSolver
 from ikmdn.train import Checkpoint, CheckpointModel, default_config, train_run
 
 EVAL_TARGETS = 10_000
 EVAL_SEED = 99
+# Paragraphs of the README above the table: how the shipped files came to be as they are.
+NOTES = [
+    "The rrr3, ur5 and panda files were re-saved on 2026-11-29 with their arm spec's new frame fields",
+    "(base and tip frame names, identity tool, no locked joints); weights and forward kinematics are",
+    "unchanged (checked joint for joint on 1,000 random configurations), hence the new sha256.",
+    "Frames: ur5 `base` -> `tool0`, panda `panda_link0` -> `panda_link8` (the flange), rrr3 `base` ->",
+    "`wrist`; bishop, planar2 and planar3 `base` -> `hand`.",
+    "",
+    "All six files are ikmdn.format 2 (DESIGN.md \"ONNX format 2\": float64 targets in; the",
+    "network's mixture, the refined joints, positions, errors, rotation errors, within_limits and",
+    "distinct out), converted on 2026-11-29 from the format-1 files above by",
+    "`python scripts/build_exported_models.py --convert`: the network graph is kept bit for bit",
+    "(every network initializer and node compared byte for byte with the format-1 file; `predict`",
+    "identical on 1,000 targets; its parity with PyTorch was checked when it was first exported),",
+    "and the refinement graph (`ikmdn.refine_graph`; the LM settings of",
+    "`ikmdn.refine.default_settings`, in metadata ikmdn.refine) is added around it and checked",
+    "against the Python refinement (`ikmdn.export.refine_check`). The metrics are the format-1",
+    "files' (the same network, the same LM rules). Network: the size of the network alone (the",
+    "format-1 file, `ikmdn.export.format1_bytes`); size: the whole format-2 file. `ikmdn export",
+    "--raw` still writes format 1, which the runtime still reads.",
+    "",
+]
 
 
 def evaluate_checkpoint(checkpoint: Checkpoint) -> dict:
@@ -44,16 +75,71 @@ def evaluate_checkpoint(checkpoint: Checkpoint) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arms", default="bishop,planar2,planar3")
+    parser.add_argument("--arms", default=None,
+                        help="arms to build [default: bishop,planar2,planar3; with --convert every "
+                             "shipped format-1 file]")
+    parser.add_argument("--convert", action="store_true",
+                        help="rebuild shipped format-1 files as format 2 (no training)")
+    parser.add_argument("--readme", action="store_true", help="only rewrite the README table")
     args = parser.parse_args()
-    for arm in args.arms.split(","):
-        config = default_config(arm)
-        checkpoint = train_run(config, ROOT / "runs" / arm, force=True)
-        checkpoint.metrics.update(evaluate_checkpoint(checkpoint))
-        checkpoint.save(ROOT / "runs" / arm / "model.pt")
-        report = export_onnx(checkpoint, MODELS / f"{arm}.onnx", force=True)
-        print(f"{arm}: {json.dumps(checkpoint.metrics)}\n  {report.summary()}", flush=True)
+    if args.convert:
+        arms = args.arms.split(",") if args.arms else sorted(p.stem for p in MODELS.glob("*.onnx"))
+        for arm in arms:
+            convert(MODELS / f"{arm}.onnx")
+    elif not args.readme:
+        for arm in (args.arms or "bishop,planar2,planar3").split(","):
+            config = default_config(arm)
+            checkpoint = train_run(config, ROOT / "runs" / arm, force=True)
+            checkpoint.metrics.update(evaluate_checkpoint(checkpoint))
+            checkpoint.save(ROOT / "runs" / arm / "model.pt")
+            report = export_onnx(checkpoint, MODELS / f"{arm}.onnx", force=True, onnx_format=2)
+            print(f"{arm}: {json.dumps(checkpoint.metrics)}\n  {report.summary()}", flush=True)
     write_readme()
+
+
+def network_part(data: bytes) -> tuple[dict[str, bytes], list[bytes]]:
+    """(name -> serialized TensorProto of each initializer, serialized nodes) of a model's network
+    part: format 1 all of them; format 2 those the refinement graph and the input cast did not
+    add, the network's input named as in format 1."""
+    from ikmdn.export import NETWORK_INPUT, REFINE_PREFIX
+
+    graph = onnx.load_from_string(data).graph
+    tensors = {t.name: t.SerializeToString() for t in graph.initializer
+               if not t.name.startswith(REFINE_PREFIX)}
+    nodes = []
+    for node in graph.node:
+        if node.name.startswith(REFINE_PREFIX) or node.name == "cast_targets":
+            continue
+        node.input[:] = ["targets" if v == NETWORK_INPUT else v for v in node.input]
+        nodes.append(node.SerializeToString())
+    return tensors, nodes
+
+
+def convert(path) -> None:
+    """Rebuild the format-1 model at path as format 2 in place (see the module docstring)."""
+    data = path.read_bytes()
+    model = OnnxModel(data, source=str(path))
+    if model.format != 1:
+        print(f"{path.name}: already ikmdn.format {model.format}, left alone")
+        return
+    new = format2_bytes(data, source=str(path))
+    old_net, new_net = network_part(data), network_part(new)
+    if old_net != new_net:
+        raise SystemExit(f"{path.name}: the network's nodes or initializers changed; nothing written")
+    converted = OnnxModel(new, source=str(path))
+    check = refine_check(converted)
+    if not check.ok:
+        raise SystemExit(f"{path.name}: {check.summary()}; nothing written")
+    x = model.arm.fk(model.arm.sample_joints(1000, np.random.default_rng(1)))
+    before, after = model.predict(x), converted.predict(x)
+    for name in ("weights", "means", "sigmas"):
+        if not np.array_equal(getattr(before, name), getattr(after, name)):
+            raise SystemExit(f"{path.name}: {name} differ after conversion; nothing written")
+    write_atomically(path, lambda tmp: tmp.write_bytes(new))
+    print(f"{path.name}: format 1 ({len(data) / 1024:.0f} KiB) -> format 2 ({len(new) / 1024:.0f} KiB);"
+          f" {len(old_net[0])} network initializers and {len(old_net[1])} nodes identical; predict "
+          f"identical on 1,000 targets; "
+          f"{check.summary()}", flush=True)
 
 
 def write_readme() -> None:
@@ -71,20 +157,26 @@ def write_readme() -> None:
         "poses). Coverage: share of the closed-form in-limit solutions matched within 1e-6 rad (no",
         "closed form for panda, a redundant 7-joint arm).",
         "",
-        "| arm | K | samples per epoch | epochs | train time | validation NLL | best-mode RMS raw "
-        "| best RMS refined | solved | coverage | size | sha256 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *NOTES,
+        "| arm | format | K | samples per epoch | epochs | train time | validation NLL "
+        "| best-mode RMS raw | best RMS refined | solved | coverage | LM phases | network | size "
+        "| sha256 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(MODELS.glob("*.onnx")):
-        model = OnnxModel(path)
+        data = path.read_bytes()
+        model = OnnxModel(data, source=str(path))
         m, c = model.metrics, model.train_config
         refined, cov = m.get("refined_best_rms", float("nan")), m.get("coverage")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = hashlib.sha256(data).hexdigest()
+        phases = "+".join(str(p) for p in model.phases) if model.phases else "-"
+        network = len(format1_bytes(data)) if model.format == 2 else len(data)
         lines.append(
-            f"| {model.arm.name} | {model.components} | {c['samples']:,} | {c['epochs']} "
+            f"| {model.arm.name} | {model.format} | {model.components} | {c['samples']:,} | {c['epochs']} "
             f"| {m['train_seconds'] / 60:.1f} min | {m['val_nll']:.3f} | {m['best_mode_rms']:.2e} "
             f"| {refined:.1e} | {m.get('solved', float('nan')):.2%} "
-            f"| {'n/a' if cov is None else format(cov, '.2%')} | {path.stat().st_size / 1024:.0f} KiB "
+            f"| {'n/a' if cov is None else format(cov, '.2%')} | {phases} "
+            f"| {network / 1024:.0f} KiB | {len(data) / 1024:.0f} KiB "
             f"| `{digest[:16]}` |")
     (MODELS / "README.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {MODELS / 'README.md'}")

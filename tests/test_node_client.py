@@ -47,6 +47,10 @@ ERROR_TOL = 1e-9
 WEIGHT_TOL = 1e-6
 STALLED_JOINT_TOL = 1e-4
 STALLED_ERROR_TOL = 1e-6
+# A redundant arm (Panda, 7 joints for a 6-D pose) drifts along its self-motion: onnxruntime's
+# float64 sin/cos differ from libm's in the last bit, and damped steps amplify that to ~6e-6 rad
+# on ~3% of converged candidates (both are exact solutions; tests/test_export_format2.py).
+REDUNDANT_JOINT_TOL = 1e-4
 
 
 # -- the client -----------------------------------------------------------------------------------
@@ -307,6 +311,8 @@ def test_matches_ikmdn_solve(node_client, tmp_path, model_path):
             assert is_solution(a) == is_solution(b), (where, a, b)
             joint_tol, error_tol = ((JOINT_TOL, ERROR_TOL) if is_solution(b)
                                     else (STALLED_JOINT_TOL, STALLED_ERROR_TOL))
+            if is_solution(b) and arm.dof > arm.residual_dim:   # redundant: see the constant
+                joint_tol = REDUNDANT_JOINT_TOL
             np.testing.assert_allclose(a["joints"], b["joints"], rtol=0, atol=joint_tol, err_msg=where)
             np.testing.assert_allclose(a["weight"], b["weight"], rtol=0, atol=WEIGHT_TOL, err_msg=where)
             np.testing.assert_allclose(a["sigma"], b["sigma"], rtol=1e-6, err_msg=where)

@@ -169,8 +169,8 @@ def _rewrite_metadata(src, dst, **changes: str) -> None:
 
 def test_newer_format_is_refused(bishop, tmp_path):
     path = tmp_path / "future.onnx"
-    _rewrite_metadata(bishop.onnx_path, path, **{"ikmdn.format": "2"})
-    with pytest.raises(IKMDNError, match="ikmdn.format 2.*upgrade ikmdn"):
+    _rewrite_metadata(bishop.onnx_path, path, **{"ikmdn.format": "3"})
+    with pytest.raises(IKMDNError, match="ikmdn.format 3.*upgrade ikmdn"):
         OnnxModel.load(path)
 
 

@@ -91,7 +91,8 @@ def _urdf_arm(urdf, tip, base, tool, lock, name):
 @click.option("--baseline", is_flag=True,
               help="Train Bishop's least-squares network (same body, one output) instead.")
 @click.option("--export", "export_path", type=click.Path(path_type=Path),
-              help="Also export the trained model to this .onnx file.")
+              help="Also export the trained model to this .onnx file (ikmdn.format 2, as "
+                   "`ikmdn export`).")
 @click.option("--force", is_flag=True,
               help="Start over in a used --out folder (the old run's model.pt, last.pt, config.json, "
                    "history.csv and loss.png are deleted first; other files are left alone) and "
@@ -168,12 +169,14 @@ def train_command(arm_name, urdf, tip, base, tool, lock, name, out_dir, samples,
         _export(checkpoint, export_path, force=True)
 
 
-def _export(checkpoint, path: Path, force: bool) -> None:
+def _export(checkpoint, path: Path, force: bool, raw: bool = False) -> None:
+    """Write checkpoint as ONNX format 2 (network and refinement), or format 1 (raw)."""
     from ikmdn.export import export_onnx
 
-    report = export_onnx(checkpoint, path, force=force)
+    report = export_onnx(checkpoint, path, force=force, onnx_format=1 if raw else 2)
     click.echo(f"{report.summary()}: ok")
-    click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    click.echo(f"wrote {path} (ikmdn.format {1 if raw else 2}, "
+               f"{path.stat().st_size / 1024:.0f} KiB)")
 
 
 @cli.command("export")
@@ -181,12 +184,19 @@ def _export(checkpoint, path: Path, force: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="The .onnx file to write.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def export_command(source, output, force):
+@click.option("--raw", is_flag=True,
+              help="Write the network alone (ikmdn.format 1: the mixture, no refinement).")
+def export_command(source, output, force, raw):
     """Export a training run (folder or model.pt) to one self-contained ONNX file.
 
-    Parity with PyTorch is verified before anything is written.
+    By default the file is ikmdn.format 2: the network and the Levenberg-Marquardt refinement
+    in one graph (float64 targets in, refined joints, errors and merged duplicates out), usable
+    from any onnxruntime binding. Parity with PyTorch (the network) and with the Python
+    refinement is verified before anything is written.
 
     Example: ikmdn export runs/bishop -o bishop.onnx
+
+    Example: ikmdn export runs/bishop -o bishop-raw.onnx --raw
     """
     require_torch("export")
     from ikmdn.train import load_checkpoint
@@ -194,7 +204,7 @@ def export_command(source, output, force):
     if output.suffix != ".onnx":
         raise click.BadParameter(f"expected a file name ending in .onnx, got {output}",
                                  param_hint="--output")
-    _export(load_checkpoint(source), output, force)
+    _export(load_checkpoint(source), output, force, raw)
 
 
 @cli.command("info")

@@ -385,14 +385,17 @@ def _declare_k(*sizes):
     return edit
 
 
+# The shipped bishop.onnx is ikmdn.format 2 (float64 targets; the network's outputs, then the
+# refined solutions).
 INTERFACE_CASES = {
-    "float64-targets": (_elem("targets", TensorProto.DOUBLE), "targets must be float32, got float64"),
+    "float32-targets": (_elem("targets", TensorProto.FLOAT), "targets must be float64, got float32"),
     "int64-weights": (_elem("weights", TensorProto.INT64), "weights must be float32, got int64"),
     "means-rank-2": (_rank_down, "means must have rank 3 (N, K, dof), got rank 2"),
     # onnx.checker refuses it first (ikmdn checks it too, should a checker let it through)
     "sigmas-no-shape": (_no_shape, ("sigmas must have rank 3 (N, K, dof), got no shape",
                                     "Field 'shape' of 'type' is required")),
-    "renamed-output": (_rename, "expected input 'targets' and outputs ['weights', 'means', 'sigmas']"),
+    "renamed-output": (_rename, "expected input 'targets' and outputs ['weights', 'means', 'sigmas', "
+                                "'joints'"),
     "extra-output": (_extra_output, "expected input 'targets' and outputs"),
     "fixed-batch": (_fixed_batch, "fixed batch size 4; the batch axis must be dynamic"),
     "target-dim": (_size("targets", 1, 3), "targets has size 3 on axis 1 but its arm 'bishop' needs 2"),
@@ -417,17 +420,25 @@ def test_graph_interface_breaking_the_contract_is_refused(tmp_path, no_session, 
 
 def test_newer_format_is_refused_before_its_contract_is_read(tmp_path, no_session):
     """A format this runtime does not know is "upgrade ikmdn", whatever its interface."""
-    proto = set_meta(bishop_proto(), "ikmdn.format", "2")
-    _elem("targets", TensorProto.DOUBLE)(proto)
+    proto = set_meta(bishop_proto(), "ikmdn.format", "3")
+    _elem("targets", TensorProto.FLOAT)(proto)
     with pytest.raises(IKMDNError) as exc:
         OnnxModel(write(proto, tmp_path / "m.onnx"))
-    one_line(exc, "ikmdn.format 2", "upgrade ikmdn")
+    one_line(exc, "ikmdn.format 3", "upgrade ikmdn")
 
 
 # -- class 7: components is the graph's real K -----------------------------------------------------
 
+def _declare_k_everywhere(size):
+    """Every output's K axis (axis 1) declared as size: the network's and the refined ones."""
+    def edit(proto):
+        for value in proto.graph.output:
+            value.type.tensor_type.shape.dim[1].dim_value = size
+    return edit
+
+
 def test_declared_k_that_differs_from_the_real_one_is_refused(tmp_path):
-    path = write(_apply(_declare_k(3, 3, 3)), tmp_path / "k3.onnx")
+    path = write(_apply(_declare_k_everywhere(3)), tmp_path / "k3.onnx")
     with pytest.raises(IKMDNError) as exc:
         OnnxModel(path)
     one_line(exc, "declares K = 3 mixture components but returns 2")
@@ -465,14 +476,20 @@ def _apply(edit) -> onnx.ModelProto:
 
 
 def _post(output: str, make_nodes, constants: dict[str, np.ndarray] | None = None):
-    """An edit: the graph's `output` becomes make_nodes(raw) applied to the original value."""
+    """An edit: the graph's `output` becomes make_nodes(raw) applied to the original value (the
+    new nodes right after the one that made it: the refinement graph of format 2 reads it too)."""
     def edit(proto):
         raw = f"{output}_raw"
+        nodes = []
         for node in proto.graph.node:
-            node.output[:] = [raw if o == output else o for o in node.output]
+            nodes.append(node)
+            if output in node.output:
+                node.output[:] = [raw if o == output else o for o in node.output]
+                nodes.extend(make_nodes(raw, output))
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
         for name, value in (constants or {}).items():
             proto.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
-        proto.graph.node.extend(make_nodes(raw, output))
     return edit
 
 
@@ -484,7 +501,8 @@ def _scaled(output, factor):
 def _nan_means_where_x_is_zero(raw, out):
     """means * (x / x)[:, :, None]: NaN in the rows whose first target coordinate is 0."""
     return [helper.make_node("Gather", ["targets", "col0"], ["x0"], axis=1),
-            helper.make_node("Div", ["x0", "x0"], ["ratio"]),
+            helper.make_node("Div", ["x0", "x0"], ["ratio64"]),
+            helper.make_node("Cast", ["ratio64"], ["ratio"], to=TensorProto.FLOAT),  # f64 targets
             helper.make_node("Unsqueeze", ["ratio", "axis2"], ["ratio3"]),
             helper.make_node("Mul", [raw, "ratio3"], [out])]
 
