@@ -308,7 +308,7 @@ class Trainer:
             order = torch.randperm(len(chunk), generator=self.generator).to(self.device)
             for start in range(0, len(chunk), self.config.batch_size):
                 idx = order[start:start + self.config.batch_size]
-                loss = self.model.loss(x[idx], y[idx])
+                loss = self._batch_loss(x, y, idx)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -316,6 +316,11 @@ class Trainer:
                 total_loss += loss.detach() * len(idx)
             count += len(chunk)
         return float(total_loss) / count
+
+    def _batch_loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The loss of one minibatch, rows idx of the chunk (x, y); ikmdn.train_distributed
+        overrides it to run through DistributedDataParallel."""
+        return self.model.loss(x[idx], y[idx])
 
     def _validate(self) -> float:
         self.model.eval()
@@ -450,11 +455,12 @@ def _signal_name(exc: BaseException) -> str | None:
 
 
 @contextmanager
-def _stopped_by_signals(out: Path, resume: bool = False) -> Iterator[_Progress]:
+def _stopped_by_signals(out: Path, resume: bool = False,
+                        command: str = "ikmdn train") -> Iterator[_Progress]:
     """Within the block SIGINT, SIGTERM and SIGHUP end the run cleanly: the exception they raise
     unwinds it (an interrupted write_atomically removes its temporary, the previous last.pt and
     model.pt stay whole, the folder lock is released) and becomes TrainingInterrupted, a one-line
-    message (exit status 1) that says how to resume."""
+    message (exit status 1) that says how to resume with `command`."""
     progress = _Progress()
     try:
         with signals_raise():
@@ -466,12 +472,12 @@ def _stopped_by_signals(out: Path, resume: bool = False) -> Iterator[_Progress]:
         where = shlex.quote(str(out))
         if progress.saved:
             message = (f"interrupted by {name} after epoch {progress.saved} of {progress.epochs} "
-                       f"(saved in {LAST_NAME}): resume with ikmdn train --out {where} --resume")
+                       f"(saved in {LAST_NAME}): resume with {command} --out {where} --resume")
         elif resume:  # its last.pt is untouched
-            message = f"interrupted by {name}: resume with ikmdn train --out {where} --resume"
+            message = f"interrupted by {name}: resume with {command} --out {where} --resume"
         else:
             message = (f"interrupted by {name} before the first epoch finished; nothing to resume: "
-                       f"start again with ikmdn train --out {where} --force")
+                       f"start again with {command} --out {where} --force")
         raise TrainingInterrupted(message) from None
 
 
@@ -514,6 +520,12 @@ def resume_run(out_dir: str | Path, on_epoch: ProgressCallback | None = None,
     with run_folder(out_dir, RUN_FILES, "ikmdn train --resume", resume=True) as out, \
             _stopped_by_signals(out, resume=True) as progress:
         state, config = read_resume_state(path)
+        processes = state.get("world_size", 1)
+        if type(processes) is not int or processes != 1:  # a run of ikmdn.train_distributed
+            raise IKMDNError(f"cannot resume {path} here: it is a run of {short(processes)} "
+                             "processes; resume it with torchrun --nproc-per-node "
+                             f"{short(processes)} -m ikmdn.train_distributed --out "
+                             f"{shlex.quote(str(out))} --resume")
         with torch_threads(threads):
             arm, trainer = _trainer_for(config)
             restore_trainer(trainer, state, path)
@@ -541,7 +553,10 @@ def torch_threads(threads: int | None):
 
 
 def _run(trainer: Trainer, arm: Arm, out: Path, on_epoch: ProgressCallback | None,
-         progress: _Progress | None = None) -> Checkpoint:
+         progress: _Progress | None = None,
+         extra_metrics: dict[str, Any] | None = None) -> Checkpoint:
+    """Fit trainer, writing the run's files to out; extra_metrics: more entries for the final
+    model.pt's metrics."""
     from ikmdn.evaluate import quick_metrics
     from ikmdn.plots import plot_loss_curve
 
@@ -563,11 +578,12 @@ def _run(trainer: Trainer, arm: Arm, out: Path, on_epoch: ProgressCallback | Non
     finally:
         if trainer.history:
             plot_loss_curve(trainer.history, out / "loss.png", title=f"{config.kind} on {arm.name}")
+    trainer.model.cpu()  # a GPU run's model too: the metrics feed it CPU tensors, as users will
     best = trainer.best
     metrics = {"val_nll": best.val_nll, "epoch": best.epoch,
                "train_seconds": trainer.history[-1].seconds,
                **quick_metrics(arm, CheckpointModel(Checkpoint(trainer.model, config, arm)).predict,
-                               seed=config.seed + 1)}
+                               seed=config.seed + 1), **(extra_metrics or {})}
     checkpoint = Checkpoint(trainer.model, config, arm, metrics)
     checkpoint.save(out / CHECKPOINT_NAME)
     return checkpoint
