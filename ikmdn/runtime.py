@@ -515,13 +515,7 @@ class OnnxModel:
         IKMDNError; so do outputs that break the contract (NaN, negative sigmas, weights not
         summing to 1); an ONNX Runtime failure raises JobFailedError.
         """
-        x = as_batch(targets, self.arm.target_dim, "targets")
-        beyond = np.abs(x) > MAX_TARGET
-        if beyond.any():
-            row, col = (int(i) for i in np.argwhere(beyond)[0])
-            raise IKMDNError(f"targets must lie within +-{MAX_TARGET:.0e} (the model computes in "
-                             f"float32): row {row} has {self.arm.target_names[col]} = {x[row, col]:.3g}")
-        x = x.astype(self._input_type)
+        x = self._checked_targets(targets).astype(self._input_type)
         k, dof = self.components, self.arm.dof
         if len(x) == 0:
             return Mixture(np.zeros((0, k), np.float32), np.zeros((0, k, dof), np.float32),
@@ -555,13 +549,18 @@ class OnnxModel:
         the network's mixture and its K refined candidates per target (see Refined). Inputs are
         checked as in predict; outputs must have the contract's shapes and types, and the
         mixture the values predict requires."""
+        x = self._checked_targets(targets)
+        return self._run_graph(self.graph_session, x, f"{len(x):,} targets")
+
+    def _checked_targets(self, targets) -> np.ndarray:
+        """targets as a finite float64 (N, target_dim) array within +-MAX_TARGET."""
         x = as_batch(targets, self.arm.target_dim, "targets")
         beyond = np.abs(x) > MAX_TARGET
         if beyond.any():
             row, col = (int(i) for i in np.argwhere(beyond)[0])
-            raise IKMDNError(f"targets must lie within +-{MAX_TARGET:.0e} (the network computes in "
+            raise IKMDNError(f"targets must lie within +-{MAX_TARGET:.0e} (the model computes in "
                              f"float32): row {row} has {self.arm.target_names[col]} = {x[row, col]:.3g}")
-        return self._run_graph(self.graph_session, x, f"{len(x):,} targets")
+        return x
 
     def _run_graph(self, session: ort.InferenceSession, x: np.ndarray, what: str) -> Refined:
         names = (*OUTPUT_NAMES, *REFINED_OUTPUT_NAMES)

@@ -53,6 +53,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ikmdn.arms import Arm
 from ikmdn.checkpoint import CHECKPOINT_NAME, Checkpoint, read_resume_state, restore_trainer
+from ikmdn.cli._base import hidden_widths, positive
 from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError
 from ikmdn.mdn import MDN
@@ -385,25 +386,6 @@ def _train(config: TrainConfig | None, out_dir: Path, force: bool, resume: bool,
 
 
 # -- command line ----------------------------------------------------------------------------------
-def _positive(ctx, param, value):
-    if value is not None and not value > 0:
-        raise click.BadParameter(f"must be a positive number, got {value}")
-    return value
-
-
-def _widths(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        widths = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers such as 128,128,128, got "
-                                 f"{short(value, 40)}") from None
-    if not widths or min(widths) <= 0:
-        raise click.BadParameter(f"widths must be positive, got {short(value, 40)}")
-    return widths
-
-
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
@@ -416,15 +398,15 @@ def _rank() -> int:
 @click.option("--base", help="URDF link the targets are given in [default: the root link].")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder (written by rank 0 only).")
-@click.option("--samples", type=int, callback=_positive,
+@click.option("--samples", type=int, callback=positive,
               help="Training pairs per epoch and rank.")
-@click.option("--components", type=int, callback=_positive, help="Mixture components K.")
-@click.option("--epochs", type=int, callback=_positive, help="Passes over the data.")
-@click.option("--batch-size", type=int, callback=_positive,
+@click.option("--components", type=int, callback=positive, help="Mixture components K.")
+@click.option("--epochs", type=int, callback=positive, help="Passes over the data.")
+@click.option("--batch-size", type=int, callback=positive,
               help="Minibatch size per rank (the global batch is N times larger).")
-@click.option("--lr", type=float, callback=_positive,
+@click.option("--lr", type=float, callback=positive,
               help="Peak learning rate (Adam; not scaled with N).")
-@click.option("--hidden", callback=_widths, help="Hidden widths, e.g. 128,128,128.")
+@click.option("--hidden", callback=hidden_widths, help="Hidden widths, e.g. 128,128,128.")
 @click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED),
               help="Seed for data, initialisation, shuffling.")
 @click.option("--device", help="cpu, or cuda (rank r uses cuda:LOCAL_RANK) [default: cpu].")

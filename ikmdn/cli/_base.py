@@ -14,7 +14,7 @@ import click
 
 from ikmdn import __version__
 from ikmdn.errors import IKMDNError
-from ikmdn.untrusted import MAX_SEED
+from ikmdn.untrusted import MAX_SEED, short
 
 
 def default_model() -> Path:
@@ -77,7 +77,7 @@ def hidden_widths(ctx, param, value):
     """--hidden 128,128 -> (128, 128); errors echo at most a short prefix of the value."""
     if value is None:
         return None
-    shown = repr(value) if len(value) <= 40 else repr(value[:37]) + "..."
+    shown = short(value, 40)
     try:
         widths = tuple(int(v) for v in value.split(","))
     except ValueError:
