@@ -69,7 +69,11 @@ class Solutions:
     @cached_property
     def best_index(self) -> np.ndarray:
         """(N,) index of each target's answer: the solved candidate nearest the reference (when
-        solved `near` one), else the heaviest solved one; where none is solved, the closest."""
+        solved `near` one), else the heaviest solved one; where none is solved, the closest.
+        Unrefined (without `near`), the first: candidates are then ranked by forward-kinematics
+        residual, so best() is the best raw candidate after one fk pass."""
+        if not self.refined and self.distances is None:
+            return np.zeros(len(self), dtype=np.intp)
         if self.distances is not None:
             pick = np.argmin(np.where(self.solved, self.distances, np.inf), axis=1)
         else:
@@ -338,6 +342,10 @@ class IKSolver:
         within[fix, slot], distinct[fix, slot], fallback[fix] = True, True, True
         return fallback
 
+    def _residual_norm(self, reached: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """(M,) ||residual||: position error plus rotation_weight x rotation error for poses."""
+        return np.linalg.norm(self.arm.residual(reached, x), axis=-1)
+
     def _solved(self, q: np.ndarray, reached: np.ndarray, x: np.ndarray) -> np.ndarray:
         """(M,) candidates q (M, dof) reaching targets x (M, target_dim) within reach_tol, in limits."""
         arm = self.arm
@@ -393,18 +401,23 @@ class IKSolver:
         if near is not None:
             joints = arm.wrap_joints(joints, reference=near[:, None, :])   # the turn nearest near
             distances = joint_distance(arm, joints, near[:, None, :])
-        if do_refine or near is not None:
-            # Heaviest (or nearest) first, merged duplicates last: one flat gather per array.
-            key = -weights if distances is None else distances
-            order = np.argsort(np.where(distinct, key, np.inf), axis=1, kind="stable")
-            pick = (order + k * np.arange(n)[:, None]).ravel()
-            joints, positions, sigmas = (a.reshape(n * k, a.shape[-1])[pick].reshape(a.shape)
-                                         for a in (joints, positions, sigmas))
-            errors, rotation_errors, within, weights, distinct = (
-                a.ravel()[pick].reshape(n, k)
-                for a in (errors, rotation_errors, within, weights, distinct))
-            if distances is not None:
-                distances = distances.ravel()[pick].reshape(n, k)
+        # Heaviest (nearest with `near`; unrefined: smallest forward-kinematics residual) first,
+        # merged duplicates last: one flat gather per array.
+        if distances is not None:
+            key = distances
+        elif do_refine:
+            key = -weights
+        else:
+            key = self._residual_norm(positions.reshape(n * k, -1), flat_targets).reshape(n, k)
+        order = np.argsort(np.where(distinct, key, np.inf), axis=1, kind="stable")
+        pick = (order + k * np.arange(n)[:, None]).ravel()
+        joints, positions, sigmas = (a.reshape(n * k, a.shape[-1])[pick].reshape(a.shape)
+                                     for a in (joints, positions, sigmas))
+        errors, rotation_errors, within, weights, distinct = (
+            a.ravel()[pick].reshape(n, k)
+            for a in (errors, rotation_errors, within, weights, distinct))
+        if distances is not None:
+            distances = distances.ravel()[pick].reshape(n, k)
         solved = solved_mask(distinct, within, errors, rotation_errors, self.reach_tol)
         return Solutions(x, joints, weights, sigmas, positions, errors, rotation_errors, within,
                          distinct, solved.any(axis=1), fallback, do_refine, self.reach_tol,
@@ -458,6 +471,10 @@ class IKSolver:
                 order = np.argsort(start, axis=1, kind="stable")
                 start = np.take_along_axis(start, order, axis=1)
                 done[rows] = found[rows] <= start[:, 0]
+            elif not do_refine:   # the best raw candidate: smallest residual after one fk pass
+                flat = arm.wrap_joints(means.reshape(-1, dof))
+                residual = self._residual_norm(arm.fk(flat), np.repeat(x[rows], k_all, axis=0))
+                order = np.argsort(residual.reshape(rows.size, k_all), axis=1, kind="stable")
             for r in range(k_all if do_refine else 1):
                 left = np.flatnonzero(~done[rows])
                 if left.size == 0:

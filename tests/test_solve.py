@@ -199,21 +199,32 @@ def test_reachable_agrees_with_closed_form(solved):
 
 # -- refine=False ---------------------------------------------------------------------------------
 
-def test_no_refine_leaves_means(onnx_solver):
+def test_no_refine_leaves_means_ranked_by_forward_kinematics(onnx_solver):
+    """Unrefined candidates are the means themselves (periodic joints on their turn nearest the
+    middle of the range), ranked by their fk residual, so best() is the best raw candidate."""
     arm = onnx_solver.arm
     x = workspace_targets(arm, 50, seed=21)
     sol = onnx_solver.solve(x, refine=False)
-    mixture = onnx_solver.model.predict(x).sorted_by_weight()
+    mixture = onnx_solver.model.predict(x)
     means = mixture.means.astype(np.float64)
+    residual = np.linalg.norm(arm.residual(sol.positions, x[:, None, :]), axis=-1)
+    assert np.all(np.diff(residual, axis=1) >= 0)                       # ranked, best first
+    np.testing.assert_array_equal(sol.best_index, 0)
     cont = arm.continuous_joints
-    diff = sol.joints - means
-    np.testing.assert_allclose(np.where(cont, wrap_angle(diff), diff), 0.0, atol=1e-12)
-    # Continuous joints are wrapped into [lo, lo + 2 pi); bounded ones are exactly the means.
+    for i in range(len(x)):   # the same candidates, joint for joint, in another order
+        for q in sol.joints[i]:
+            diff = means[i] - q
+            gap = np.abs(np.where(cont, wrap_angle(diff), diff)).max(axis=1)
+            assert gap.min() <= 1e-12
+    # Continuous joints are wrapped onto the turn nearest home; bounded ones are exactly the means.
     lo = arm.joint_limits[:, 0]
     assert np.all(sol.joints[..., cont] >= lo[cont]) and np.all(sol.joints[..., cont] < lo[cont] + TWO_PI)
-    np.testing.assert_array_equal(sol.joints[..., ~cont], means[..., ~cont])
-    np.testing.assert_array_equal(sol.weights, mixture.weights.astype(np.float64))
-    np.testing.assert_array_equal(sol.sigmas, mixture.sigmas.astype(np.float64))
+    np.testing.assert_array_equal(np.sort(sol.joints[..., ~cont], axis=1),
+                                  np.sort(means[..., ~cont], axis=1))
+    np.testing.assert_array_equal(np.sort(sol.weights, axis=1),
+                                  np.sort(mixture.weights.astype(np.float64), axis=1))
+    np.testing.assert_array_equal(np.sort(sol.sigmas.reshape(len(x), -1), axis=1),
+                                  np.sort(mixture.sigmas.astype(np.float64).reshape(len(x), -1), axis=1))
     assert sol.refined is False
     assert sol.distinct.all()
     n, k, dof = sol.joints.shape
@@ -221,7 +232,6 @@ def test_no_refine_leaves_means(onnx_solver):
                                atol=1e-12)
     np.testing.assert_allclose(
         sol.errors, np.linalg.norm(_residual(arm, sol.positions, x[:, None]), axis=-1), rtol=1e-12)
-    assert np.all(np.diff(sol.weights, axis=1) <= 0)
 
 
 # -- batching -------------------------------------------------------------------------------------
