@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import http.server
+import signal
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -123,6 +124,10 @@ def serve_demo_command(port):
     """
     web, models = demo_folders()
     server = make_server(web, models, port)
+    # Ctrl-C and SIGTERM stop it, even where the caller started it with SIGINT ignored (a
+    # background job of a non-interactive shell inherits SIG_IGN, which Python keeps).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     click.echo(f"ikmdn web demo: {page_url(server)}  (Ctrl-C stops)")
     try:
         server.serve_forever()
