@@ -20,6 +20,7 @@ MERGE_TOL = 1e-6  # rad: candidates closer than this (modulo 2 pi) are one solut
 MODES = ("all", "best")
 NEAR_DAMPING = 1e-3  # initial LM damping of a `near` reference seed (see IKSolver.near_settings)
 NEAR_ACCEPT = 0.25   # rad: mode "best" keeps the reference's own solution within this of it
+NEAR_JITTER, NEAR_JITTER_SEEDS = 0.05, 8   # rad, count: seeds around a reference that stalls
 
 
 @dataclass(frozen=True)
@@ -460,6 +461,23 @@ class IKSolver:
             q, reached, err = refine(arm, near, x, self.near_settings, threads=self.threads)
             offer(np.arange(n), q, err, np.zeros(n), np.zeros((n, dof)), self._solved(q, reached, x))
             done |= found <= NEAR_ACCEPT
+            # Where it stalls (e.g. at a singular fold the solution lies just across), seeds
+            # jittered around the reference, some of them across the fold.
+            stalled = np.flatnonzero(~done)
+            if stalled.size:
+                jitter = np.random.default_rng([self.seed, 1, stalled.size]).standard_normal(
+                    (stalled.size, NEAR_JITTER_SEEDS, dof)) * NEAR_JITTER
+                seeds = (near[stalled, None, :] + jitter).reshape(-1, dof)
+                xs = np.repeat(x[stalled], NEAR_JITTER_SEEDS, axis=0)
+                q, reached, err = refine(arm, seeds, xs, self.near_settings, threads=self.threads)
+                ok = self._solved(q, reached, xs).reshape(stalled.size, -1)
+                dist = joint_distance(arm, q, np.repeat(near[stalled], NEAR_JITTER_SEEDS, axis=0))
+                rank = np.where(ok, dist.reshape(ok.shape), np.inf + err.reshape(ok.shape))
+                rank = np.where(ok.any(axis=1, keepdims=True), rank, err.reshape(ok.shape))
+                pick = np.argmin(rank, axis=1) + NEAR_JITTER_SEEDS * np.arange(stalled.size)
+                offer(stalled, q[pick], err[pick], np.zeros(stalled.size),
+                      np.zeros((stalled.size, dof)), ok.ravel()[pick])
+                done |= found <= NEAR_ACCEPT
         rows = np.flatnonzero(~done)
         if rows.size:
             mixture = self.model.predict(x[rows]).sorted_by_weight()

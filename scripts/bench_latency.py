@@ -119,13 +119,17 @@ def baseline_refine(commit: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules["baseline_refine"] = module
     spec.loader.exec_module(module)
-    return module.refine
+
+    def refine(arm, q0, targets, settings, threads=None):   # the old numpy LM is one thread
+        return module.refine(arm, q0, targets, settings)
+    return refine
 
 
 def single_pose(name, solver, ets, poses, targets, truth, rng, out):
     arm = solver.arm
     n = len(targets)
-    near = truth + 0.05 * rng.standard_normal(truth.shape)
+    lo, hi = arm.joint_limits.T   # a robot's current joints lie within its limits
+    near = np.clip(truth + 0.05 * rng.standard_normal(truth.shape), lo, hi)
     ours = {"all": [], "best": [], "best near": []}
     peer = {"ik_LM random restarts": [], "ik_LM seeded near": []}
     ok = {key: 0 for key in [*ours, *peer]}
