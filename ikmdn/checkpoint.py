@@ -35,7 +35,7 @@ from ikmdn.errors import IKMDNError
 from ikmdn.mdn import MDN, MDNConfig
 from ikmdn.mixture import Mixture
 from ikmdn.outdir import write_atomically
-from ikmdn.untrusted import parse_json, short
+from ikmdn.untrusted import MAX_COMPONENTS, parse_json, short
 
 if TYPE_CHECKING:  # train imports this module; TrainConfig is imported where it is used
     from ikmdn.train import TrainConfig, Trainer
@@ -45,7 +45,6 @@ CHECKPOINT_NAME = "model.pt"
 HEADER_KEYS = ("format", "model_config", "train_config", "arm", "state_dict")
 RESUME_KEYS = ("best_state", "optimizer", "scheduler", "generator", "history")
 MAX_CHECKPOINT_BYTES = 2 << 30   # ikmdn's largest checkpoints (last.pt of a pose arm) are ~10 MB
-MAX_COMPONENTS = 4096
 MAX_LAYERS = 64
 MAX_WIDTH = 1 << 20
 

@@ -25,7 +25,7 @@ from ikmdn import __version__
 from ikmdn.checkpoint import Checkpoint
 from ikmdn.errors import IKMDNError, JobFailedError
 from ikmdn.outdir import check_output_file, write_atomically
-from ikmdn.refine import RefineSettings, default_settings, refine
+from ikmdn.refine import RefineSettings, default_settings, refine, residual_norm
 from ikmdn.runtime import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -490,11 +490,7 @@ class RefineCheck:
                 f"{self.joints_max:.1e} rad, errors vs numpy fk within {self.errors_max:.1e}")
 
 
-def lm_error(arm, reached: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """The refinement's error ||r|| (M,) of reached vs targets (M, target_dim): for pose targets
-    position and weighted rotation together (the error that `tol` bounds)."""
-    return np.linalg.norm(arm.residual(reached, targets), axis=-1)
-
+lm_error = residual_norm  # the refinement's error, as the tests and refine_check name it
 
 def refine_check(model: OnnxModel, seed: int = 0, n: int = 256) -> RefineCheck:
     """Compare a format-2 model's graph with ikmdn.refine.refine on n workspace targets."""

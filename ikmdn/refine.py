@@ -134,6 +134,12 @@ def refine(arm: Arm, q0: np.ndarray, targets: np.ndarray,
     return tuple(np.concatenate([r[i] for r in results]) for i in range(3))
 
 
+def residual_norm(arm: Arm, reached: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The refinement's error ||r|| (...,) of reached vs targets (..., target_dim): for pose
+    targets position and weighted rotation together (the error that `tol` bounds)."""
+    return np.linalg.norm(arm.residual(reached, targets), axis=-1)
+
+
 def default_settings(arm: Arm) -> RefineSettings:
     """Refinement defaults for arm: planar arms stop early at local minima (throughput); spatial
     chains get up to 100 iterations and patience (stall 1e-3) near singular configurations."""

@@ -129,13 +129,6 @@ def _sum(terms: Sequence[Tensor]) -> Tensor:
     return acc
 
 
-def _entries(jac: Tensor) -> list[list[Tensor]]:
-    """The entries of jac (M, e, d) as jac[t][j], each (M,)."""
-    e, d = jac.shape[1], jac.shape[2]
-    flat = _rows(jac.reshape(-1, e * d))
-    return [flat[t * d:(t + 1) * d] for t in range(e)]
-
-
 def _column_dots(jac: Sequence[Sequence[Tensor]], r: Sequence[Tensor]) -> list[Tensor]:
     """J^T r as dof tensors (M,), each summed over the residual rows in order."""
     return [_sum([jac[t][j] * r[t] for t in range(len(r))]) for j in range(len(jac[0]))]

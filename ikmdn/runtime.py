@@ -41,7 +41,7 @@ from ikmdn.arms.base import as_batch
 from ikmdn.errors import IKMDNError, JobFailedError
 from ikmdn.mixture import Mixture
 from ikmdn.refine import RefineSettings
-from ikmdn.untrusted import parse_json, short
+from ikmdn.untrusted import MAX_COMPONENTS, parse_json, short
 
 ONNX_FORMAT = 2  # the newest ikmdn.format this runtime reads
 INPUT_NAME = "targets"
@@ -70,7 +70,6 @@ CONTRACT_INPUTS = {1: (INPUT_NAME,), 2: (INPUT_NAME,)}
 _NUMPY = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64, TensorProto.BOOL: np.bool_}
 
 MAX_MODEL_BYTES = 512 << 20   # the shipped models are 0.15-1.3 MB
-MAX_COMPONENTS = 4096         # the shipped models have K <= 32
 MAX_TARGET = 1e9              # |target coordinate|, the arm's length unit (float32 NaN from ~1e36)
 WEIGHT_SUM_ATOL = 1e-3
 PROBE_ROWS = 2                # > 1, so a graph that ignores the batch axis shows
@@ -515,7 +514,7 @@ class OnnxModel:
         IKMDNError; so do outputs that break the contract (NaN, negative sigmas, weights not
         summing to 1); an ONNX Runtime failure raises JobFailedError.
         """
-        x = self._checked_targets(targets).astype(self._input_type)
+        x = self._checked_targets(targets).astype(self._input_type, copy=False)
         k, dof = self.components, self.arm.dof
         if len(x) == 0:
             return Mixture(np.zeros((0, k), np.float32), np.zeros((0, k, dof), np.float32),

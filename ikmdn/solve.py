@@ -14,7 +14,7 @@ from ikmdn.arms import Arm, wrap_angle
 from ikmdn.arms.base import TWO_PI, as_batch
 from ikmdn.errors import IKMDNError
 from ikmdn.mixture import Mixture
-from ikmdn.refine import RefineSettings, default_settings, refine
+from ikmdn.refine import RefineSettings, default_settings, refine, residual_norm
 
 MERGE_TOL = 1e-6  # rad: candidates closer than this (modulo 2 pi) are one solution
 MODES = ("all", "best")
@@ -111,14 +111,11 @@ class Solutions:
         first = parts[0]
         joined = {name: np.concatenate([getattr(p, name) for p in parts])
                   for name in first.arrays()}
-        return Solutions(**joined, refined=first.refined, reach_tol=first.reach_tol, pose=first.pose,
-                         fallback_seeds=first.fallback_seeds)
+        return replace(first, **joined)
 
     def take(self, rows: np.ndarray) -> Solutions:
         """The Solutions of targets rows (an index array), in that order."""
-        picked = {name: a[rows] for name, a in self.arrays().items()}
-        return Solutions(**picked, refined=self.refined, reach_tol=self.reach_tol, pose=self.pose,
-                         fallback_seeds=self.fallback_seeds)
+        return replace(self, **{name: a[rows] for name, a in self.arrays().items()})
 
 
 def solved_mask(distinct, within_limits, errors, rotation_errors, tol: float) -> np.ndarray:
@@ -131,9 +128,15 @@ def joint_distance(arm: Arm, q: np.ndarray, reference: np.ndarray) -> np.ndarray
     sqrt(sum_j d_j^2) with d_j = q_j - r_j (rad; metres for prismatic joints), wrapped into
     [-pi, pi) for joints that can wrap (`Arm.wrapping_joints`: free-turning and multi-turn
     joints), so whole turns cost nothing; a joint with stops at +-pi is measured the long way."""
-    d = np.asarray(q, dtype=np.float64) - reference
-    d = np.where(arm.wrapping_joints, wrap_angle(d), d)
+    d = joint_delta(arm, q, reference)
     return np.sqrt(np.einsum("...j,...j->...", d, d))
+
+
+def joint_delta(arm: Arm, q: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Joint changes (..., dof) q - reference, wrapped into [-pi, pi) for joints that can wrap
+    (`Arm.wrapping_joints`): the way each joint really travels."""
+    d = np.asarray(q, dtype=np.float64) - reference
+    return np.where(arm.wrapping_joints, wrap_angle(d), d)
 
 
 @dataclass(frozen=True)
@@ -295,13 +298,13 @@ class IKSolver:
         sol = Solutions.concatenate(steps)
         joints = sol.joints[:, 0]
         before = np.concatenate([first, joints[:-1]])
-        d = joints - before
-        jumps = np.abs(np.where(self.arm.wrapping_joints, wrap_angle(d), d)).max(axis=1)
+        jumps = np.abs(joint_delta(self.arm, joints, before)).max(axis=1)
         return PathSolution(x, joints, sol.errors[:, 0], sol.rotation_errors[:, 0], sol.reachable,
                             jumps, jumps > switch_threshold, switch_threshold)
 
     def _extra_seeds(self, x: np.ndarray, mixture: Mixture, rng: np.random.Generator):
-        """Best refined extra seed per target x (M, target_dim): (joints (M, dof), solved (M,))."""
+        """Best refined extra seed per target x (M, target_dim): (joints (M, dof), reached targets
+        fk(joints) (M, target_dim), solved (M,))."""
         arm, m, s = self.arm, len(x), self.fallback_seeds
         near = np.stack([mixture.sample(rng) for _ in range((s + 1) // 2)], axis=1)  # (M, s1, dof)
         spread = near + mixture.sigmas.mean(axis=1, keepdims=True) * rng.standard_normal(near.shape)
@@ -311,8 +314,9 @@ class IKSolver:
         q, reached, _ = refine(arm, seeds.reshape(-1, arm.dof), xs, self.refine_settings,
                                threads=self.threads)
         ok = self._solved(q, reached, xs).reshape(m, -1)
-        pick = np.argmax(ok, axis=1)
-        return q.reshape(m, -1, arm.dof)[np.arange(m), pick], ok.any(axis=1)
+        pick, rows = np.argmax(ok, axis=1), np.arange(m)
+        return (q.reshape(m, -1, arm.dof)[rows, pick], reached.reshape(m, -1, arm.target_dim)[rows, pick],
+                ok.any(axis=1))
 
     def _fallback(self, x, mixture: Mixture, rng, joints, positions, errors, rotation_errors,
                   within, distinct, weights, sigmas) -> np.ndarray:
@@ -324,7 +328,7 @@ class IKSolver:
                                            self.reach_tol).any(axis=1))
         if rows.size == 0:
             return fallback
-        q, ok = self._extra_seeds(x[rows], Mixture(mixture.weights[rows], mixture.means[rows],
+        q, reached, ok = self._extra_seeds(x[rows], Mixture(mixture.weights[rows], mixture.means[rows],
                                                    mixture.sigmas[rows]), rng)
         fix = rows[ok]
         # The slot of a merged duplicate if there is one (its weight is already 0), else the
@@ -336,16 +340,12 @@ class IKSolver:
         weights[fix[moved], 0] += weights[fix[moved], slot[moved]]
         weights[fix[slot > 0], slot[slot > 0]] = 0.0
         joints[fix, slot] = q[ok]
-        positions[fix, slot] = arm.fk(q[ok])
-        errors[fix, slot] = arm.target_error(positions[fix, slot], x[fix])
-        rotation_errors[fix, slot] = arm.rotation_error(positions[fix, slot], x[fix])
+        positions[fix, slot] = reached[ok]
+        errors[fix, slot] = arm.target_error(reached[ok], x[fix])
+        rotation_errors[fix, slot] = arm.rotation_error(reached[ok], x[fix])
         sigmas[fix, slot] = 0.0  # not a mixture component
         within[fix, slot], distinct[fix, slot], fallback[fix] = True, True, True
         return fallback
-
-    def _residual_norm(self, reached: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """(M,) ||residual||: position error plus rotation_weight x rotation error for poses."""
-        return np.linalg.norm(self.arm.residual(reached, x), axis=-1)
 
     def _solved(self, q: np.ndarray, reached: np.ndarray, x: np.ndarray) -> np.ndarray:
         """(M,) candidates q (M, dof) reaching targets x (M, target_dim) within reach_tol, in limits."""
@@ -409,7 +409,7 @@ class IKSolver:
         elif do_refine:
             key = -weights
         else:
-            key = self._residual_norm(positions.reshape(n * k, -1), flat_targets).reshape(n, k)
+            key = residual_norm(arm, positions.reshape(n * k, -1), flat_targets).reshape(n, k)
         order = np.argsort(np.where(distinct, key, np.inf), axis=1, kind="stable")
         pick = (order + k * np.arange(n)[:, None]).ravel()
         joints, positions, sigmas = (a.reshape(n * k, a.shape[-1])[pick].reshape(a.shape)
@@ -491,7 +491,7 @@ class IKSolver:
                 done[rows] = found[rows] <= start[:, 0]
             elif not do_refine:   # the best raw candidate: smallest residual after one fk pass
                 flat = arm.wrap_joints(means.reshape(-1, dof))
-                residual = self._residual_norm(arm.fk(flat), np.repeat(x[rows], k_all, axis=0))
+                residual = residual_norm(arm, arm.fk(flat), np.repeat(x[rows], k_all, axis=0))
                 order = np.argsort(residual.reshape(rows.size, k_all), axis=1, kind="stable")
             for r in range(k_all if do_refine else 1):
                 left = np.flatnonzero(~done[rows])
@@ -512,7 +512,7 @@ class IKSolver:
             stuck = rows[~np.isfinite(found[rows])] if near is not None else rows[~done[rows]]
             if do_refine and self.fallback_seeds and stuck.size:
                 sub = np.searchsorted(rows, stuck)
-                q, ok = self._extra_seeds(x[stuck], Mixture(mixture.weights[sub], mixture.means[sub],
+                q, _, ok = self._extra_seeds(x[stuck], Mixture(mixture.weights[sub], mixture.means[sub],
                                                             mixture.sigmas[sub]), rng)
                 offer(stuck, q, np.full(stuck.size, np.inf), np.zeros(stuck.size),
                       np.zeros((stuck.size, dof)), ok)

@@ -53,7 +53,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ikmdn.arms import Arm
 from ikmdn.checkpoint import CHECKPOINT_NAME, Checkpoint, read_resume_state, restore_trainer
-from ikmdn.cli._base import hidden_widths, positive
+from ikmdn.cli._base import SEED, THREADS, hidden_widths, positive
+from ikmdn.cli.arm_options import arm_options, chosen_arm
 from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError
 from ikmdn.mdn import MDN
@@ -74,7 +75,7 @@ from ikmdn.train import (
     torch_threads,
     validation_size,
 )
-from ikmdn.untrusted import MAX_SEED, short
+from ikmdn.untrusted import short
 
 BACKENDS = ("gloo", "nccl")
 
@@ -391,11 +392,7 @@ def _rank() -> int:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--arm", "arm_name", help="Preset arm [default: bishop].")
-@click.option("--urdf", type=click.Path(path_type=Path, dir_okay=False),
-              help="Train on a URDF file (needs --tip).")
-@click.option("--tip", help="URDF link the targets refer to.")
-@click.option("--base", help="URDF link the targets are given in [default: the root link].")
+@arm_options
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder (written by rank 0 only).")
 @click.option("--samples", type=int, callback=positive,
@@ -407,41 +404,35 @@ def _rank() -> int:
 @click.option("--lr", type=float, callback=positive,
               help="Peak learning rate (Adam; not scaled with N).")
 @click.option("--hidden", callback=hidden_widths, help="Hidden widths, e.g. 128,128,128.")
-@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED),
+@click.option("--seed", type=SEED,
               help="Seed for data, initialisation, shuffling.")
 @click.option("--device", help="cpu, or cuda (rank r uses cuda:LOCAL_RANK) [default: cpu].")
 @click.option("--backend", type=click.Choice(BACKENDS),
               help="torch.distributed backend [default: nccl for cuda, gloo for cpu].")
-@click.option("--threads", type=click.IntRange(min=1, max=1024),
+@click.option("--threads", type=THREADS,
               help="torch CPU threads per rank [default: torch's; 1 under torchrun].")
 @click.option("--force", is_flag=True, help="Start over in a used --out folder (as ikmdn train).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out (same number of processes).")
 @click.pass_context
-def main(ctx, arm_name, urdf, tip, base, out_dir, samples, components, epochs, batch_size, lr,
-         hidden, seed, device, backend, threads, force, resume):
+def main(ctx, arm_name, urdf, tip, base, tool, lock, name, out_dir, samples, components, epochs,
+         batch_size, lr, hidden, seed, device, backend, threads, force, resume):
     """Train an MDN with DistributedDataParallel; start it with torchrun.
 
     Example: torchrun --nproc-per-node 2 -m ikmdn.train_distributed --arm bishop --out runs/ddp
     """
-    if arm_name is not None and urdf is not None:
-        raise click.UsageError("give --arm or --urdf, not both")
-    if urdf is None and (tip or base):
-        raise click.UsageError("--tip and --base go only with --urdf FILE")
     config = None
     if resume:
-        given = [name for name, value in (("--arm", arm_name), ("--urdf", urdf),
-                                          ("--samples", samples), ("--components", components),
-                                          ("--epochs", epochs), ("--batch-size", batch_size),
-                                          ("--lr", lr), ("--hidden", hidden), ("--seed", seed),
-                                          ("--device", device)) if value is not None]
+        given = [option for option, value in (("--arm", arm_name), ("--urdf", urdf),
+                                              ("--samples", samples), ("--components", components),
+                                              ("--epochs", epochs), ("--batch-size", batch_size),
+                                              ("--lr", lr), ("--hidden", hidden), ("--seed", seed),
+                                              ("--device", device)) if value is not None]
         if given:
             raise click.UsageError(f"--resume continues with the run's own settings; drop "
                                    f"{', '.join(given)}")
     try:
         if not resume:
-            from ikmdn.arms import load_urdf
-
-            arm = load_urdf(urdf, tip, base_link=base) if urdf is not None else arm_name or "bishop"
+            arm = chosen_arm(arm_name, urdf, tip, base, tool, lock, name)
             config = default_config(arm, samples=samples, components=components, epochs=epochs,
                                     batch_size=batch_size, lr=lr, hidden=hidden, seed=seed,
                                     device=device)

@@ -13,6 +13,7 @@ MAX_JSON_BYTES = 1 << 20   # one metadata field; ikmdn writes a few kB (a 7-join
 MAX_JSON_DEPTH = 32        # nesting of lists and objects; ikmdn writes at most 4 levels
 ECHO_CHARS = 60            # at most this much of a bad value is echoed in an error
 MAX_SEED = 2**32 - 1       # what every seed consumer (torch, numpy) accepts
+MAX_COMPONENTS = 4096      # mixture components a model file may declare (shipped: K <= 32)
 
 
 def short(value: Any, limit: int = ECHO_CHARS) -> str:

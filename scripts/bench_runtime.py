@@ -35,7 +35,7 @@ from _common import MODELS, ROOT, best_time, call_times, write_results
 from ikmdn.arms.closed_form import closed_form_ik
 from ikmdn.export import format1_bytes
 from ikmdn.runtime import OnnxModel
-from ikmdn.solve import IKSolver
+from ikmdn.solve import IKSolver, solved_mask
 
 BATCHES = (1, 1_000, 10_000, 100_000)
 BISHOP_TARGETS = 100_000
@@ -106,7 +106,7 @@ def _best_error(out) -> np.ndarray:
 
 def _graph_solved(out, tol: float = 1e-6) -> np.ndarray:
     """(N, K) the candidates a client counts as solutions (as Solutions.solved)."""
-    return out.distinct & out.within_limits & (out.errors <= tol) & (out.rotation_errors <= tol)
+    return solved_mask(out.distinct, out.within_limits, out.errors, out.rotation_errors, tol)
 
 
 def bishop(args) -> dict:

@@ -56,6 +56,14 @@ def assert_usage_error(result, *fragments: str) -> str:
     return errors[0]
 
 
+def model_format(path) -> str | None:
+    """The ikmdn.format metadata of an .onnx file (None without one), read without a session."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    return meta.get("ikmdn.format")
+
+
 class PerturbedOracle:
     """A stand-in model whose modes are closed-form solutions plus noise (known good seeds). The
     oracle reports continuous joints in [lo, lo + 2 pi), so on a +-2 pi arm the seeds sit on the

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import invoke
+from helpers import invoke, model_format
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,11 +102,6 @@ def error_line(done: subprocess.CompletedProcess) -> str:
 
 
 # -- models and targets ---------------------------------------------------------------------------
-
-def model_format(path: Path) -> str | None:
-    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-    return meta.get("ikmdn.format")
-
 
 def format2_fixture(source: Path, x: np.ndarray, dest: Path, fmt: str = "2") -> Path:
     """A hand-built format-2 model (DESIGN.md, "ONNX format 2") for exactly the targets x (N, d):
@@ -277,7 +272,7 @@ def test_matches_ikmdn_solve(node_client, tmp_path, model_path):
     fmt = model_format(model_path)
     if fmt != "2":
         pytest.skip(f"{model_path.name} is ikmdn format {fmt}; the client needs format 2 "
-                    "(the refined solver in the graph), which the exporter does not ship yet")
+                    "(the refined solver in the graph): re-export it with `ikmdn export`")
     from ikmdn.runtime import OnnxModel
 
     arm = OnnxModel.load(model_path).arm

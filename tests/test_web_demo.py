@@ -27,9 +27,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from helpers import assert_ok, invoke
+from helpers import assert_ok, invoke, model_format
 
 from ikmdn.cli.demo_server import demo_folders, serve_in_thread
 from ikmdn.errors import IKMDNError
@@ -88,11 +87,6 @@ def node() -> str:
         if reason:
             pytest.skip(reason)
     return node
-
-
-def model_format(path: Path) -> str | None:
-    return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}.get(
-        "ikmdn.format")
 
 
 @pytest.fixture(scope="module")

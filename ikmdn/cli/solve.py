@@ -12,6 +12,7 @@ import numpy as np
 
 from ikmdn.cli._base import THREADS, cli, default_model, positive
 from ikmdn.refine import MAX_ITER
+from ikmdn.solve_output import FORMATS
 
 
 def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
@@ -36,14 +37,16 @@ def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
 
 def _joint_vector(text: str, arm, option: str) -> np.ndarray:
     """Joints (dof,) from 'Q1,...,Qn' (radians; metres for prismatic joints)."""
+    from ikmdn.targets_io import show
+
     try:
         values = [float(v) for v in text.replace(" ", ",").split(",") if v]
     except ValueError:
-        raise click.BadParameter(f"expected {arm.dof} comma-separated numbers, got {text!r}",
+        raise click.BadParameter(f"expected {arm.dof} comma-separated numbers, got {show(text)}",
                                  param_hint=option) from None
     if len(values) != arm.dof or not all(math.isfinite(v) for v in values):
         raise click.BadParameter(f"arm {arm.name} has {arm.dof} joints ({', '.join(arm.joint_names)}): "
-                                 f"expected {arm.dof} finite numbers, got {text!r}", param_hint=option)
+                                 f"expected {arm.dof} finite numbers, got {show(text)}", param_hint=option)
     return np.array(values)
 
 
@@ -54,13 +57,12 @@ def _near_rows(path: Path, arm, total: int) -> np.ndarray:
 
     try:
         source = TargetsFile(path, arm.dof, names=arm.joint_names, what="file")
-        rows = np.concatenate(list(source.batches(max(1, len(source))))) if len(source) else None
+        rows = np.concatenate(list(source.batches(max(1, len(source)))))
     except IKMDNError as exc:
         raise click.BadParameter(str(exc), param_hint="--near-file") from None
-    if rows is None or len(rows) not in (1, total):
+    if len(rows) not in (1, total):
         raise click.BadParameter(f"{path} must hold one row of {arm.dof} joints or one per target "
-                                 f"({total}), got {0 if rows is None else len(rows)}",
-                                 param_hint="--near-file")
+                                 f"({total}), got {len(rows)}", param_hint="--near-file")
     return rows
 
 
@@ -80,7 +82,7 @@ def _solve_batches(solver, chunks, refine: bool, mode: str, near: np.ndarray | N
               help="An .onnx model or a training checkpoint [default: the shipped bishop.onnx].")
 @click.option("--targets", "targets_path", type=click.Path(path_type=Path),
               help="A .csv or .npy file with one target per row.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table",
               show_default=True)
 @click.option("--output", type=click.Path(path_type=Path),
               help="Write all result arrays to this .npz file instead of printing.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from contextlib import ExitStack
@@ -12,6 +11,7 @@ from pathlib import Path
 import click
 
 from ikmdn.cli._base import SEED, THREADS, cli, hidden_widths, positive, require_torch
+from ikmdn.cli.arm_options import arm_options, chosen_arm
 
 
 @cli.command("arms")
@@ -29,53 +29,8 @@ def arms_command():
                    f"frames {arm.frames()}, limits (rad) {limits}")
 
 
-def _lock(ctx, param, values):
-    """--lock JOINT=VALUE (repeatable) -> {joint: value}."""
-    locked = {}
-    for text in values:
-        name, sep, value = text.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        if not sep or not name or number is None or not math.isfinite(number):
-            raise click.BadParameter(f"expected JOINT=VALUE with a finite number, got {text!r}")
-        if name in locked:
-            raise click.BadParameter(f"joint {name!r} is locked twice")
-        locked[name] = number
-    return locked
-
-
-URDF_ONLY = ("--tip", "--base", "--tool", "--lock", "--name")
-
-
-def _urdf_arm(urdf, tip, base, tool, lock, name):
-    """The Arm of --urdf and its frame options; usage errors for options that need --urdf."""
-    from ikmdn.arms import load_urdf
-    from ikmdn.arms.urdf import tool_transform
-
-    if urdf is None:
-        given = [opt for opt, v in zip(URDF_ONLY, (tip, base, tool, lock, name), strict=True) if v]
-        if given:
-            raise click.UsageError(f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} only with "
-                                   "--urdf FILE")
-        return None
-    return load_urdf(urdf, tip, base_link=base, name=name,
-                     tool=None if tool is None else tool_transform(tool), lock=lock)
-
-
 @cli.command("train")
-@click.option("--arm", "arm_name", help="Preset arm (see `ikmdn arms`) [default: bishop].")
-@click.option("--urdf", type=click.Path(path_type=Path, dir_okay=False),
-              help="Train on your robot: a URDF file (expanded, not .xacro); needs --tip "
-                   "(`ikmdn urdf FILE` lists the links).")
-@click.option("--tip", help="URDF link the targets refer to (the hand, flange or TCP).")
-@click.option("--base", help="URDF link the targets are given in [default: the root link].")
-@click.option("--tool", type=float, nargs=7, default=None, metavar="X Y Z QW QX QY QZ",
-              help="Fixed tool (TCP) transform after --tip: metres and a unit quaternion.")
-@click.option("--lock", multiple=True, callback=_lock, metavar="JOINT=VALUE",
-              help="Hold a URDF joint at a value (rad or m), e.g. a gripper finger; repeatable.")
-@click.option("--name", help="Name of the URDF arm [default: the robot's name].")
+@arm_options
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder for model.pt, config.json, history.csv, loss.png.")
 @click.option("--samples", type=int, callback=positive,
@@ -117,8 +72,6 @@ def train_command(arm_name, urdf, tip, base, tool, lock, name, out_dir, samples,
     """
     # Sleeping, not spinning, OpenMP threads (read when torch loads): see bench_threads.py.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if arm_name is not None and urdf is not None:
-        raise click.UsageError("give --arm or --urdf, not both")
     require_torch("train")
     from ikmdn.outdir import check_output_file
     from ikmdn.train import default_config, resume_run, train_run
@@ -144,7 +97,7 @@ def train_command(arm_name, urdf, tip, base, tool, lock, name, out_dir, samples,
             f"epoch {r.epoch}: loss {r.train_loss:.3f}, validation NLL {r.val_nll:.3f}", err=True),
             threads=threads)
     else:
-        arm = _urdf_arm(urdf, tip, base, tool, lock, name) or (arm_name or "bishop")
+        arm = chosen_arm(arm_name, urdf, tip, base, tool, lock, name)
         config = default_config(arm, samples=samples, components=components, epochs=epochs,
                                 batch_size=batch_size, lr=lr, hidden=hidden, activation=activation,
                                 seed=seed, device=device,
