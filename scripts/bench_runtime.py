@@ -8,7 +8,9 @@ Format 2 (issue 12, the shipped exported_models/*.onnx): Bishop's arm, the whole
 refinement) on 100,000 targets against the closed-form solver in the same process (their
 speed ratio; the bar is 0.20) and the share of targets whose best candidate is within 1e-9;
 OnnxModel.predict of the format-2 file (its network-only session) against the same network as a
-format-1 file; UR5 and Panda on 1,000 poses: solved share, distinct solutions per pose and poses
+format-1 file; bishop, planar2 and planar3 on 10,000 targets: solved share, coverage and
+per-target solution counts of the graph and of the Python solver; UR5 and Panda on 1,000 poses:
+solved share, distinct solutions per pose and poses
 per second of the graph and of the Python solver (IKSolver, numba refinement, with no fallback
 seeds: the same candidates under the same rules; and with its default fallback seeds); file
 sizes. The machine's 1-minute load average is printed beside every figure (2 shared cores).
@@ -33,6 +35,8 @@ import numpy as np
 from _common import MODELS, ROOT, best_time, call_times, write_results
 
 from ikmdn.arms.closed_form import closed_form_ik
+from ikmdn.data import make_ik_dataset
+from ikmdn.evaluate import coverage
 from ikmdn.export import format1_bytes
 from ikmdn.runtime import OnnxModel
 from ikmdn.solve import IKSolver, solved_mask
@@ -186,6 +190,30 @@ def spatial(args, name: str) -> dict:
     return result
 
 
+def planar(args, name: str, n: int = 10_000) -> dict:
+    """Graph vs Python solver on 10,000 targets of a planar arm: solved share, coverage of the
+    closed-form solutions and per-target solution counts."""
+    model = OnnxModel(MODELS / f"{name}.onnx", threads=args.threads)
+    arm = model.arm
+    x = make_ik_dataset(arm, n, seed=2024).inputs
+    out, sol = model.refined(x), IKSolver(model).solve(x)
+    solved = _graph_solved(out)
+    def covered(mask, joints):
+        return coverage(arm, x, np.where(mask[..., None], joints, np.nan))["coverage"]
+
+    result = {
+        "targets": n, "load": load(),
+        "graph": {"solved": float(solved.any(axis=1).mean()), "coverage": covered(solved, out.joints)},
+        "python": {"solved": float(sol.reachable.mean()), "coverage": covered(sol.solved, sol.joints)},
+        "same_solution_count": float(np.mean(solved.sum(axis=1) == sol.solved.sum(axis=1))),
+    }
+    g, p = result["graph"], result["python"]
+    print(f"{name}, {n:,} targets: solved graph {g['solved']:.2%} / Python {p['solved']:.2%}, coverage "
+          f"{g['coverage']:.2%} / {p['coverage']:.2%}, same solution count for "
+          f"{result['same_solution_count']:.2%} of targets (load {load():.2f})", flush=True)
+    return result
+
+
 def sizes() -> list[dict]:
     rows = []
     for path in sorted(MODELS.glob("*.onnx")):
@@ -207,8 +235,11 @@ def main() -> None:
     args = parser.parse_args()
     results: dict = {"bench": "runtime", "threads": args.threads}
     if args.part in ("all", "format2"):
-        results["format2"] = {"bishop": bishop(args), "ur5": spatial(args, "ur5"),
-                              "panda": spatial(args, "panda"), "sizes": sizes()}
+        results["format2"] = {"bishop": bishop(args),
+                              **{f"{name}_parity": planar(args, name)
+                                 for name in ("bishop", "planar2", "planar3")},
+                              "ur5": spatial(args, "ur5"), "panda": spatial(args, "panda"),
+                              "sizes": sizes()}
     if args.part in ("all", "format1"):
         results.update(format1(args))
     write_results(args.out, results)
