@@ -29,7 +29,8 @@ import weakref
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import config, njit
+from numba.extending import intrinsic
 
 from ikmdn.errors import IKMDNError
 
@@ -59,6 +60,26 @@ def _jit(func=None, **options):
 # Helpers are inlined into the kernel (numba IR inlining): at a call boundary every array
 # argument costs atomic reference counting, several times a small arm's arithmetic.
 _inline = _jit(inline="always")
+
+
+@intrinsic
+def _borrow(typingctx, arr):
+    """A view of array arr without reference counting (no meminfo). Inlined helpers still alias
+    their array arguments, and numba's pruning leaves ~20 atomic increments and decrements per
+    LM iteration (more than half of a planar arm's time); a borrowed view makes them no-ops.
+    Only for arrays whose owner outlives every use of the view (arguments of the function)."""
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        out = context.make_array(sig.return_type)(context, builder)
+        context.populate_array(out, data=src.data, shape=src.shape, strides=src.strides,
+                               itemsize=src.itemsize, meminfo=None)
+        return out._getvalue()
+    return arr(arr), codegen
+
+
+if config.DISABLE_JIT:  # interpreted (tests/test_refine_kernel.py): the array itself
+    def _borrow(arr):
+        return arr
 
 
 # -- projection and kinematics, one candidate ---------------------------------------------------
@@ -362,23 +383,40 @@ def refine_kernel(kin, limits, settings, q0, x):
 
     settings = (tol, max_iter, damping, down, up, max_damping, min_damping, stall).
     """
-    family, pose, weight, lengths, offsets, fixed, revolute = kin
-    lo, hi, home, periodic = limits
-    tol, max_iter, damping, down, up, max_damping, min_damping, stall = settings
-    max_iter = max(max_iter, 0)
+    family, pose = kin[0], kin[1]
     m, dof = q0.shape
     td = x.shape[1]
     rd = 6 if (family == SERIAL and pose) else td
-    q_out = np.empty((m, dof))
-    reached_out = np.empty((m, td))
-    err_out = np.empty(m)
+    out = (np.empty((m, dof)), np.empty((m, td)), np.empty(m))
     # The current state and a trial (copied over it when kept); scratch for kinematics and steps.
-    q, q_new, dq, xc = np.empty(dof), np.empty(dof), np.empty(dof), np.empty(td)
-    reached, reached_new = np.empty(td), np.empty(td)
-    r, r_new = np.empty(rd), np.empty(rd)
-    jac, jac_new = np.zeros((rd, dof)), np.zeros((rd, dof))
-    low = np.zeros((dof, dof))
-    work, frame, rot = np.empty((dof, 6)), np.empty((3, 4)), np.empty((3, 3, 3))
+    state = (np.empty(dof), np.empty(dof), np.empty(dof), np.empty(td), np.empty(td),
+             np.empty(td), np.empty(rd), np.empty(rd))
+    matrices = (np.zeros((rd, dof)), np.zeros((rd, dof)), np.zeros((dof, dof)), np.empty((dof, 6)),
+                np.empty((3, 4)))
+    _refine_candidates(kin, limits, settings, q0, x, out, state, matrices, np.empty((3, 3, 3)))
+    return out
+
+
+@_jit
+def _refine_candidates(kin, limits, settings, q0, x, out, state, matrices, rot):
+    """refine_kernel's loop over candidates, writing out = (q, reached, err); state, matrices and
+    rot are its scratch. Every array the inlined helpers take is a borrowed view: the caller owns
+    them for the whole call."""
+    family, pose, weight = kin[0], kin[1], kin[2]
+    lengths, offsets, fixed, revolute = (_borrow(kin[3]), _borrow(kin[4]), _borrow(kin[5]),
+                                         _borrow(kin[6]))
+    lo, hi, home, periodic = (_borrow(limits[0]), _borrow(limits[1]), _borrow(limits[2]),
+                              _borrow(limits[3]))
+    tol, max_iter, damping, down, up, max_damping, min_damping, stall = settings
+    max_iter = max(max_iter, 0)
+    q_out, reached_out, err_out = out
+    m, dof = q0.shape
+    td = x.shape[1]
+    q, q_new, dq, xc = _borrow(state[0]), _borrow(state[1]), _borrow(state[2]), _borrow(state[3])
+    reached, reached_new = _borrow(state[4]), _borrow(state[5])
+    r, r_new = _borrow(state[6]), _borrow(state[7])
+    jac, jac_new, low = _borrow(matrices[0]), _borrow(matrices[1]), _borrow(matrices[2])
+    work, frame, rot = _borrow(matrices[3]), _borrow(matrices[4]), _borrow(rot)
     for c in range(m):
         for a in range(td):
             xc[a] = x[c, a]
@@ -418,7 +456,6 @@ def refine_kernel(kin, limits, settings, q0, x):
         for a in range(td):
             reached_out[c, a] = reached[a]
         err_out[c] = err
-    return q_out, reached_out, err_out
 
 
 # -- single-candidate helpers for parity tests ------------------------------------------------
