@@ -458,6 +458,38 @@ def _refine_candidates(kin, limits, settings, q0, x, out, state, matrices, rot):
         err_out[c] = err
 
 
+@_jit
+def merge_kernel(joints, weights, tol):
+    """Duplicates among candidates joints (N, K, dof), heaviest first (ikmdn.solve.merge_duplicates):
+    candidate j is merged into the first earlier distinct candidate whose every joint lies within
+    tol of its own, modulo 2 pi (NaN never matches), which takes its weight. Returns (weights
+    (N, K), a merged copy, distinct (N, K) bool)."""
+    n, k, dof = joints.shape
+    merged = weights.copy()
+    distinct = np.ones((n, k), dtype=np.bool_)
+    turns = np.empty((k, dof))
+    for i in range(n):
+        for j in range(k):
+            for d in range(dof):
+                turns[j, d] = joints[i, j, d] % TWO_PI  # then |wrap(a - b)| = min(g, 2 pi - g)
+        for j in range(1, k):
+            for a in range(j):
+                if not distinct[i, a]:
+                    continue
+                same = True
+                for d in range(dof):
+                    gap = abs(turns[a, d] - turns[j, d])
+                    if not min(gap, TWO_PI - gap) <= tol:
+                        same = False
+                        break
+                if same:
+                    merged[i, a] += merged[i, j]
+                    merged[i, j] = 0.0
+                    distinct[i, j] = False
+                    break
+    return merged, distinct
+
+
 # -- single-candidate helpers for parity tests ------------------------------------------------
 
 @_jit

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ikmdn.arms import Arm, wrap_angle
-from ikmdn.arms.base import TWO_PI, as_batch
+from ikmdn.arms.base import as_batch
 from ikmdn.errors import IKMDNError
 from ikmdn.mixture import Mixture
 from ikmdn.refine import RefineSettings, default_settings, refine, residual_norm
@@ -170,21 +170,10 @@ class PathSolution:
 def merge_duplicates(joints: np.ndarray, weights: np.ndarray, tol: float = MERGE_TOL):
     """Merge candidates (N, K, dof), heaviest first, that match a heavier one within tol
     (every joint, modulo 2 pi). Returns (weights (N, K) with merged weight summed, distinct (N, K))."""
-    n, k, _ = joints.shape
-    weights = weights.copy()
-    distinct = np.ones((n, k), dtype=bool)
-    rows = np.arange(n)
-    turns = joints % TWO_PI   # one reduction modulo 2 pi; then |wrap(a - b)| = min(d, 2 pi - d)
-    for j in range(1, k):
-        d = np.abs(turns[:, :j] - turns[:, j:j + 1])
-        diff = np.minimum(d, TWO_PI - d).max(axis=2)  # (N, j)
-        match = (diff <= tol) & distinct[:, :j]
-        has = match.any(axis=1)
-        into = np.argmax(match, axis=1)
-        weights[rows[has], into[has]] += weights[has, j]
-        weights[has, j] = 0.0
-        distinct[has, j] = False
-    return weights, distinct
+    from ikmdn.kernels import merge_kernel  # numba loads here, not on `import ikmdn`
+
+    return merge_kernel(np.require(joints, np.float64, "C"), np.require(weights, np.float64, "C"),
+                        float(tol))
 
 
 class IKSolver:
