@@ -7,7 +7,7 @@ The format (FORMAT_VERSION 1): a torch zip file loadable with torch.load(weights
     ikmdn_version str, the ikmdn that wrote it
     model_config  JSON MDNConfig       train_config  JSON TrainConfig
     arm           JSON arm spec        metrics       JSON object (model.pt; optional)
-    state_dict    {name: tensor}, the MDN's parameters and buffers
+    state_dict    {name: tensor}, the network's parameters and buffers
 A training run's last.pt (the state to resume) adds the Trainer's state: best_state (a state dict
 or None), optimizer, scheduler (torch state dicts), generator (uint8 tensor), history (JSON list).
 
@@ -32,8 +32,9 @@ from ikmdn import __version__
 from ikmdn.arms import Arm, arm_from_spec
 from ikmdn.arms.base import as_batch
 from ikmdn.errors import IKMDNError
-from ikmdn.mdn import MDN, MDNConfig
+from ikmdn.mdn import ConditionalDensity, MDNConfig
 from ikmdn.mixture import Mixture
+from ikmdn.network import build_network
 from ikmdn.outdir import write_atomically
 from ikmdn.untrusted import MAX_COMPONENTS, parse_json, short
 
@@ -53,7 +54,7 @@ MAX_WIDTH = 1 << 20
 class Checkpoint:
     """A trained model with everything needed to use and describe it."""
 
-    model: MDN
+    model: ConditionalDensity
     config: TrainConfig
     arm: Arm
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -122,12 +123,19 @@ def _model_config(payload: dict[str, Any], arm: Arm, path: Path) -> MDNConfig:
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COMPONENTS:
             raise IKMDNError(f"{path}: model_config {key} must be an integer from 1 to "
                              f"{MAX_COMPONENTS}, got {short(value)}")
-    hidden = d.get("hidden", [1])
-    if (not isinstance(hidden, list) or not 1 <= len(hidden) <= MAX_LAYERS
-            or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= MAX_WIDTH
-                       for h in hidden)):
-        raise IKMDNError(f"{path}: model_config hidden must be 1 to {MAX_LAYERS} widths from 1 to "
-                         f"{MAX_WIDTH}, got {short(hidden)}")
+    for key in ("hidden", "factor_hidden"):
+        widths = d.get(key, [1])
+        if (not isinstance(widths, list) or not 1 <= len(widths) <= MAX_LAYERS
+                or not all(_whole(h, 1, MAX_WIDTH) for h in widths)):
+            raise IKMDNError(f"{path}: model_config {key} must be 1 to {MAX_LAYERS} widths from 1 "
+                             f"to {MAX_WIDTH}, got {short(widths)}")
+    order = d.get("joint_order", [])
+    if not isinstance(order, list) or not all(_whole(j, 0, MAX_COMPONENTS) for j in order):
+        raise IKMDNError(f"{path}: model_config joint_order must be a list of joint indices, "
+                         f"got {short(order)}")
+    if not _whole(d.get("factor_components", 1), 1, 64):
+        raise IKMDNError(f"{path}: model_config factor_components must be an integer from 1 to 64, "
+                         f"got {short(d.get('factor_components'))}")
     for key in ("angular_inputs", "periodic_outputs"):
         flags = d.get(key, [])
         if not isinstance(flags, list) or not all(isinstance(f, bool) for f in flags):
@@ -148,8 +156,13 @@ def _model_config(payload: dict[str, Any], arm: Arm, path: Path) -> MDNConfig:
     return config
 
 
+def _whole(value: Any, lo: int, hi: int) -> bool:
+    """value is an int (not a bool) from lo to hi."""
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
 def check_state_dict(state: Any, config: MDNConfig, what: str) -> None:
-    """state must hold exactly the tensors of MDN(config): same names, shapes and dtypes, finite.
+    """state must hold exactly the tensors of build_network(config): same names, shapes and dtypes, finite.
 
     The expected shapes come from a model built on the meta device (no memory), so a config that
     asks for a huge network costs nothing until it is known to match tensors the file really holds.
@@ -157,7 +170,7 @@ def check_state_dict(state: Any, config: MDNConfig, what: str) -> None:
     if not isinstance(state, dict):
         raise IKMDNError(f"{what} must be a dict of tensors, got {type(state).__name__}")
     with torch.device("meta"):
-        expected = MDN(config).state_dict()
+        expected = build_network(config).state_dict()
     names = {str(k) for k in state}
     missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
     if missing or unexpected:
@@ -214,7 +227,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     config = _train_config(payload, path)
     metrics = (parse_json(payload["metrics"], f"{path}: metrics", dict) if "metrics" in payload
                else {})
-    model = MDN(model_config)
+    model = build_network(model_config)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return Checkpoint(model, config, arm, metrics)

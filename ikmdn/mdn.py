@@ -21,12 +21,19 @@ from torch import nn
 from ikmdn.errors import IKMDNError
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
-MODEL_KINDS = ("mdn", "least_squares")
+MODEL_KINDS = ("mdn", "least_squares", "autoregressive")
 
 
 @dataclass
 class MDNConfig:
-    """Network shape. kind "least_squares" is Bishop's baseline: one component, trained by MSE."""
+    """Network shape. kind "least_squares" is Bishop's baseline: one component, trained by MSE.
+
+    kind "autoregressive" (ikmdn.autoregressive): one 1-D mixture of factor_components components
+    per joint, in joint_order (a permutation of the joints; empty: 0, 1, ...), each conditioned on
+    the target (through the shared body of widths `hidden`) and the joints before it (through the
+    factor's own layers of widths factor_hidden); `components` is then the beam width, the number
+    of candidates one forward pass returns.
+    """
 
     input_dim: int
     output_dim: int
@@ -37,9 +44,13 @@ class MDNConfig:
     kind: str = "mdn"
     angular_inputs: tuple[bool, ...] = field(default_factory=tuple)
     periodic_outputs: tuple[bool, ...] = field(default_factory=tuple)
+    joint_order: tuple[int, ...] = field(default_factory=tuple)
+    factor_components: int = 6
+    factor_hidden: tuple[int, ...] = (128, 128)
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.factor_hidden = tuple(int(h) for h in self.factor_hidden)
         self.angular_inputs = tuple(bool(a) for a in self.angular_inputs) or (False,) * self.input_dim
         self.periodic_outputs = (tuple(bool(a) for a in self.periodic_outputs)
                                  or (False,) * self.output_dim)
@@ -61,12 +72,31 @@ class MDNConfig:
                              f"got {self.periodic_outputs}")
         if not self.sigma_floor > 0:
             raise IKMDNError(f"sigma_floor must be positive, got {self.sigma_floor}")
+        self.joint_order = tuple(int(j) for j in self.joint_order)
+        if self.kind != "autoregressive":
+            if self.joint_order:
+                raise IKMDNError(f"joint_order is for autoregressive models, not {self.kind!r} ones")
+            return
+        self.joint_order = self.joint_order or tuple(range(self.output_dim))
+        if sorted(self.joint_order) != list(range(self.output_dim)):
+            raise IKMDNError(f"joint_order must list the joints 0 to {self.output_dim - 1} once "
+                             f"each, got {list(self.joint_order)}")
+        if not 1 <= self.factor_components <= 64:
+            raise IKMDNError(f"factor_components must be 1 to 64, got {self.factor_components}")
+        if not self.factor_hidden or min(self.factor_hidden) <= 0:
+            raise IKMDNError(f"factor_hidden widths must be positive, got {self.factor_hidden}")
+        if self.components > self.factor_components ** self.output_dim:
+            raise IKMDNError(f"a beam of {self.components} candidates needs at least that many "
+                             f"joint combinations; {self.factor_components} components per joint "
+                             f"give {self.factor_components ** self.output_dim}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         d["angular_inputs"] = list(self.angular_inputs)
         d["periodic_outputs"] = list(self.periodic_outputs)
+        d["joint_order"] = list(self.joint_order)
+        d["factor_hidden"] = list(self.factor_hidden)
         return d
 
     @classmethod
@@ -101,29 +131,27 @@ def mixture_nll(log_weights, means, sigmas, y, periods=None) -> torch.Tensor:
     return -mixture_log_prob(log_weights, means, sigmas, y, periods).mean()
 
 
-class MDN(nn.Module):
-    """MLP body + mixture head. forward(x) -> (weights (N,K), means (N,K,c), sigmas (N,K,c))."""
+class ConditionalDensity(nn.Module):
+    """What every ikmdn network shares: standardisation buffers (inputs x (N, in_dim) and outputs
+    y (N, c) in physical units outside, standardised inside; angles and periodic outputs stay in
+    radians), the body's input features, and (weights, means, sigmas) from forward in physical
+    units."""
 
     def __init__(self, config: MDNConfig):
         super().__init__()
         self.config = config
-        c, k = config.output_dim, config.components
-        n_angular = sum(config.angular_inputs)
-        features = config.input_dim + n_angular  # each angle becomes (cos, sin)
-        layers: list[nn.Module] = []
-        for width in config.hidden:
-            layers += [nn.Linear(features, width), ACTIVATIONS[config.activation]()]
-            features = width
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(features, k * c if config.kind == "least_squares" else k * (1 + 2 * c))
+        c = config.output_dim
         self.register_buffer("angular", torch.tensor(config.angular_inputs, dtype=torch.bool))
         self.register_buffer("periodic", torch.tensor(config.periodic_outputs, dtype=torch.bool))
         self.register_buffer("in_mean", torch.zeros(config.input_dim))
         self.register_buffer("in_std", torch.ones(config.input_dim))
         self.register_buffer("out_mean", torch.zeros(c))
         self.register_buffer("out_std", torch.ones(c))
-        # The least-squares model's spread: the RMS residual per output, set after training.
-        self.register_buffer("fixed_sigma", torch.ones(c))
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the body's input: each angular input becomes (cos, sin)."""
+        return self.config.input_dim + sum(self.config.angular_inputs)
 
     def set_normalization(self, inputs: np.ndarray, outputs: np.ndarray) -> None:
         """Standardise with the mean and std of training inputs (N, in_dim) and outputs (N, c)."""
@@ -145,10 +173,38 @@ class MDN(nn.Module):
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Body input (N, features): standardised coordinates, angles as (cos, sin)."""
         z = (x - self.in_mean) / self.in_std
-        if not bool(self.angular.any()):
+        if not any(self.config.angular_inputs):
             return z
         a = x[:, self.angular]
         return torch.cat([z[:, ~self.angular], torch.cos(a), torch.sin(a)], dim=1)
+
+    def _periods(self) -> torch.Tensor:
+        """(c,) 2 pi for periodic outputs (standardised units = radians), 0 otherwise."""
+        return self.periodic.to(self.out_std.dtype) * (2 * math.pi)
+
+    @torch.no_grad()
+    def modes(self, x: torch.Tensor):
+        """All K means sorted by weight, heaviest first: (weights (N,K), means (N,K,c))."""
+        weights, means, _ = self(x)
+        order = torch.argsort(weights, dim=1, descending=True, stable=True)
+        return weights.gather(1, order), means.gather(1, order[..., None].expand_as(means))
+
+
+class MDN(ConditionalDensity):
+    """MLP body + mixture head. forward(x) -> (weights (N,K), means (N,K,c), sigmas (N,K,c))."""
+
+    def __init__(self, config: MDNConfig):
+        super().__init__(config)
+        c, k = config.output_dim, config.components
+        features = self.feature_dim
+        layers: list[nn.Module] = []
+        for width in config.hidden:
+            layers += [nn.Linear(features, width), ACTIVATIONS[config.activation]()]
+            features = width
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(features, k * c if config.kind == "least_squares" else k * (1 + 2 * c))
+        # The least-squares model's spread: the RMS residual per output, set after training.
+        self.register_buffer("fixed_sigma", torch.ones(c))
 
     def forward_normalized(self, x: torch.Tensor):
         """(log_weights (N,K), means (N,K,c), sigmas (N,K,c)) in standardised output units."""
@@ -183,17 +239,6 @@ class MDN(nn.Module):
         y_norm = (y - self.out_mean) / self.out_std
         return (mixture_nll(log_weights, means, sigmas, y_norm, self._periods())
                 + torch.log(self.out_std).sum())
-
-    def _periods(self) -> torch.Tensor:
-        """(c,) 2 pi for periodic outputs (standardised units = radians), 0 otherwise."""
-        return self.periodic.to(self.out_std.dtype) * (2 * math.pi)
-
-    @torch.no_grad()
-    def modes(self, x: torch.Tensor):
-        """All K means sorted by weight, heaviest first: (weights (N,K), means (N,K,c))."""
-        weights, means, _ = self(x)
-        order = torch.argsort(weights, dim=1, descending=True, stable=True)
-        return weights.gather(1, order), means.gather(1, order[..., None].expand_as(means))
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

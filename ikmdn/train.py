@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from ikmdn.checkpoint import (  # noqa: F401  (re-exported: the checkpoint file 
 )
 from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError, JobFailedError
-from ikmdn.mdn import MDN, MDNConfig
+from ikmdn.mdn import MDN, ConditionalDensity, MDNConfig
+from ikmdn.network import build_network
 from ikmdn.outdir import run_folder, signals_raise, write_atomically
 from ikmdn.untrusted import MAX_SEED, short
 
@@ -73,6 +74,10 @@ class TrainConfig:
 
     arm: a preset name, an Arm (kept as its JSON spec, so the run needs no URDF file later) or
     such a spec.
+
+    kind "autoregressive" (see ikmdn.autoregressive): components is the beam width,
+    factor_components and factor_hidden shape each joint's factor, and joint_order is the order of
+    the factors (None: found by ikmdn.joint_order before training, then stored here).
     """
 
     arm: str | dict[str, Any] = "bishop"
@@ -91,6 +96,9 @@ class TrainConfig:
     resample: bool = False
     wrap_joints: bool = True
     format_version: int = FORMAT_VERSION
+    joint_order: tuple[int, ...] | None = None
+    factor_components: int = 6
+    factor_hidden: tuple[int, ...] = (128, 128)
 
     def __post_init__(self):
         if isinstance(self.arm, Arm):
@@ -103,6 +111,19 @@ class TrainConfig:
             raise IKMDNError(f"hidden (--hidden) has {len(self.hidden)} layers; at most "
                              f"{MAX_LAYERS} are allowed")
         self.hidden = tuple(_integer("hidden width (--hidden)", h, 1, MAX_WIDTH) for h in self.hidden)
+        if (isinstance(self.factor_hidden, (str, bytes)) or not isinstance(self.factor_hidden, (list, tuple))
+                or not 1 <= len(self.factor_hidden) <= MAX_LAYERS):
+            raise IKMDNError(f"factor_hidden must be a list of 1 to {MAX_LAYERS} layer widths, "
+                             f"got {short(self.factor_hidden)}")
+        self.factor_hidden = tuple(_integer("factor_hidden width", h, 1, MAX_WIDTH)
+                                   for h in self.factor_hidden)
+        self.factor_components = _integer("factor_components", self.factor_components, 1, 64)
+        if self.joint_order is not None:
+            if isinstance(self.joint_order, (str, bytes)) or not isinstance(self.joint_order, (list, tuple)):
+                raise IKMDNError("joint_order must be a list of joint indices, "
+                                 f"got {short(self.joint_order)}")
+            self.joint_order = tuple(_integer("joint_order entry", j, 0, arm.dof - 1)
+                                     for j in self.joint_order)
         for name, limit in (("samples", MAX_SAMPLES), ("components", MAX_COMPONENTS),
                             ("epochs", MAX_EPOCHS), ("batch_size", MAX_SAMPLES)):
             setattr(self, name, _integer(f"{name} (--{name.replace('_', '-')})",
@@ -119,13 +140,24 @@ class TrainConfig:
             raise IKMDNError(f"device (--device) must be cpu, cuda or cuda:N, got {short(self.device)}")
         if self.kind == "least_squares":
             self.components = 1  # the conditional mean: one output per joint
+        self.model_config(arm)  # the network's own checks (e.g. joint_order, beam width)
         self._check_memory(arm)
 
     def _check_memory(self, arm: Arm) -> None:
         """Refuse networks and batches whose implied memory is beyond MAX_PARAMETERS weights or
         MAX_ACTIVATIONS activations per forward pass, before anything is allocated."""
-        outputs = self.components * (arm.dof if self.kind == "least_squares" else 1 + 2 * arm.dof)
-        features, parameters = 2 * arm.target_dim, 0  # angles enter as (cos, sin): at most 2x
+        c = arm.dof
+        if self.kind == "autoregressive":
+            first = self.factor_hidden[0]
+            factor = (*self.factor_hidden, 3 * self.factor_components)
+            outputs = c * first
+            layers = zip(factor[:-1], factor[1:], strict=True)
+            extra = c * (3 * c * first + sum((a + 1) * b for a, b in layers))
+            units = c * sum(factor)
+        else:
+            outputs = self.components * (c if self.kind == "least_squares" else 1 + 2 * c)
+            extra = units = 0
+        features, parameters = 2 * arm.target_dim, extra  # angles enter as (cos, sin): at most 2x
         for width in (*self.hidden, outputs):
             parameters += (features + 1) * width
             features = width
@@ -134,10 +166,10 @@ class TrainConfig:
                              f"{self.components}) would have about {parameters:,} weights; at most "
                              f"{MAX_PARAMETERS:,} are allowed")
         rows = max(self.batch_size, validation_size(self))
-        activations = rows * (sum(self.hidden) + outputs)
+        activations = rows * (sum(self.hidden) + outputs + units)
         if activations > MAX_ACTIVATIONS:
             raise IKMDNError(f"{rows:,} rows per forward pass (--batch-size, or the validation "
-                             f"set) through {sum(self.hidden) + outputs:,} units would hold "
+                             f"set) through {sum(self.hidden) + outputs + units:,} units would hold "
                              f"{activations:,} activations; at most {MAX_ACTIVATIONS:,} are "
                              "allowed: use a smaller --batch-size or --hidden")
 
@@ -157,6 +189,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["factor_hidden"] = list(self.factor_hidden)
+        d["joint_order"] = None if self.joint_order is None else list(self.joint_order)
         return d
 
     @classmethod
@@ -168,16 +202,22 @@ class TrainConfig:
         return cls(**d)
 
     def model_config(self, arm: Arm) -> MDNConfig:
-        """The network shape for arm: targets in, joints out."""
+        """The network shape for arm: targets in, joints out (an autoregressive model without a
+        joint_order yet gets the natural order)."""
         return MDNConfig(input_dim=arm.target_dim, output_dim=arm.dof,
                          components=self.components, hidden=self.hidden,
                          activation=self.activation, sigma_floor=self.sigma_floor, kind=self.kind,
                          angular_inputs=tuple(arm.angular_targets),
-                         periodic_outputs=tuple(arm.continuous_joints & self.wrap_joints))
+                         periodic_outputs=tuple(arm.continuous_joints & self.wrap_joints),
+                         joint_order=self.joint_order or (),
+                         **({"factor_components": self.factor_components,
+                             "factor_hidden": self.factor_hidden}
+                            if self.kind == "autoregressive" else {}))
 
 
-# Defaults chosen by scripts/bench_train.py on a 2-core CPU (see README, "Results"), by the
-# arm's properties, never its name: a preset and the same arm from a URDF file train alike.
+# Defaults chosen by scripts/bench_train.py and scripts/bench_model.py on a 2-core CPU (see
+# README, "Results"), by the arm's properties, never its name: a preset and the same arm from a
+# URDF file train alike.
 SMALL_DEFAULTS: dict[str, Any] = {}   # planar-sized arms: TrainConfig's own defaults
 POSITION_CHAIN_DEFAULTS: dict[str, Any] = {"hidden": (256, 256, 256), "components": 8,
                                            "samples": 500_000, "epochs": 16, "batch_size": 1024,
@@ -185,23 +225,33 @@ POSITION_CHAIN_DEFAULTS: dict[str, Any] = {"hidden": (256, 256, 256), "component
 POSE_CHAIN_DEFAULTS: dict[str, Any] = {"hidden": (256, 256, 256, 256), "components": 32,
                                        "samples": 1_500_000, "epochs": 12, "batch_size": 1024,
                                        "lr": 1e-3, "resample": True}
+POSE_CHAIN_AUTOREGRESSIVE: dict[str, Any] = {
+    "hidden": (256, 256, 256), "factor_hidden": (128, 128), "components": 32,
+    "factor_components": 6, "samples": 1_200_000, "epochs": 12, "batch_size": 1024, "lr": 1e-3,
+    "resample": True}
 
 
-def arm_defaults(arm: Arm) -> dict[str, Any]:
-    """Training settings that suit arm, chosen from its properties:
+def arm_defaults(arm: Arm, kind: str | None = None) -> dict[str, Any]:
+    """Training settings (kind included) that suit arm, chosen from its properties:
 
-    - 6-D pose targets, or 6 joints and more (many branches, or a redundant continuum): a wide,
-      deep network with K = 32 on fresh data every epoch (bishop -> ur5-sized, ~15 min on 2 cores);
-    - a 3-D position chain (up to 4 shoulder/elbow branches): 3 x 256, K = 8, fresh data;
-    - planar-sized arms: 3 x 128 on a fixed 200,000 pairs; K = 8 when a joint turns a full
-      circle (branches and the wrap of each joint), else K = 2 (Bishop's limited arm: 2 branches).
+    - 6-D pose targets, or 6 joints and more (many branches, or a redundant continuum): the
+      autoregressive mixture, a 3 x 256 body, 2 x 128 per joint, a beam of 32 candidates, on
+      fresh data every epoch (~10 min on 2 cores); as an MDN: 4 x 256, K = 32;
+    - a 3-D position chain (up to 4 shoulder/elbow branches): an MDN, 3 x 256, K = 8, fresh data;
+    - planar-sized arms: an MDN, 3 x 128 on a fixed 200,000 pairs; K = 8 when a joint turns a
+      full circle (branches and the wrap of each joint), else K = 2 (Bishop's limited arm).
+
+    kind: the model kind asked for (None: the arm's default kind).
     """
     if arm.pose_targets or arm.dof >= 6:
-        return dict(POSE_CHAIN_DEFAULTS)
+        if kind in (None, "autoregressive"):
+            return {**POSE_CHAIN_AUTOREGRESSIVE, "kind": "autoregressive"}
+        return {**POSE_CHAIN_DEFAULTS, "kind": kind}
     if arm.residual_dim == 3 and arm.target_dim == 3 and not arm.angular_targets.any() \
             and arm.kind != "planar":
-        return dict(POSITION_CHAIN_DEFAULTS)
-    return {**SMALL_DEFAULTS, "components": 8 if arm.continuous_joints.any() else 2}
+        return {**POSITION_CHAIN_DEFAULTS, "kind": kind or "mdn"}
+    return {**SMALL_DEFAULTS, "components": 8 if arm.continuous_joints.any() else 2,
+            "kind": kind or "mdn"}
 
 
 def default_config(arm: str | Arm, **overrides: Any) -> TrainConfig:
@@ -211,7 +261,7 @@ def default_config(arm: str | Arm, **overrides: Any) -> TrainConfig:
     if not isinstance(built, Arm):
         raise IKMDNError(f"arm must be a preset name or an Arm, got {type(arm).__name__}")
     given = {k: v for k, v in overrides.items() if v is not None}
-    values = {**arm_defaults(built), **given}
+    values = {**arm_defaults(built, given.get("kind")), **given}
     if "batch_size" not in given and isinstance(given.get("samples"), int) and given["samples"] > 0:
         values["batch_size"] = min(values.get("batch_size", TrainConfig.batch_size), given["samples"])
     return TrainConfig(arm=arm if isinstance(arm, str) else built.spec(), **values)
@@ -394,11 +444,11 @@ def fit(model: MDN, train: TrainSource, val: Dataset, config: TrainConfig,
     return Trainer(model, train, val, config).fit(on_epoch, on_best)
 
 
-def build_model(arm: Arm, config: TrainConfig) -> MDN:
+def build_model(arm: Arm, config: TrainConfig) -> ConditionalDensity:
     """A freshly initialised network for arm, seeded by config.seed (global RNG left untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return MDN(config.model_config(arm))
+        return build_network(config.model_config(arm))
 
 
 def write_history(path: Path, history: list[EpochRecord]) -> None:
@@ -410,6 +460,15 @@ def write_history(path: Path, history: list[EpochRecord]) -> None:
             writer.writerows(asdict(r) for r in history)
 
     write_atomically(path, write)
+
+
+def with_joint_order(config: TrainConfig) -> TrainConfig:
+    """config with its joint_order found (ikmdn.joint_order, seeded by config.seed) when it is an
+    autoregressive model's and none is given; else config itself."""
+    if config.kind != "autoregressive" or config.joint_order is not None:
+        return config
+    from ikmdn.joint_order import find_joint_order
+    return replace(config, joint_order=find_joint_order(config.build_arm(), config.seed))
 
 
 def _trainer_for(config: TrainConfig) -> tuple[Arm, Trainer]:
@@ -504,6 +563,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, force: bool = False,
         if on_start:
             on_start()
         with torch_threads(threads):
+            config = with_joint_order(config)
             arm, trainer = _trainer_for(config)
             text = json.dumps(config.to_dict(), indent=2) + "\n"
             write_atomically(out / "config.json", lambda tmp: tmp.write_text(text))

@@ -40,7 +40,7 @@ import os
 import shlex
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ from ikmdn.train import (
     default_config,
     torch_threads,
     validation_size,
+    with_joint_order,
 )
 from ikmdn.untrusted import short
 
@@ -367,6 +368,10 @@ def _train(config: TrainConfig | None, out_dir: Path, force: bool, resume: bool,
         assert config is not None  # resume set it above
         if resume:
             _check_device(config.device, dist.get_backend())
+        else:  # rank 0 finds an autoregressive model's joint order; every rank uses it
+            found = [with_joint_order(config).joint_order if rank == 0 else None]
+            dist.broadcast_object_list(found, src=0)
+            config = replace(config, joint_order=found[0])
         with torch_threads(threads):
             arm = config.build_arm()
             trainer = _trainer(config, arm, shard_batches)

@@ -88,6 +88,20 @@ def hidden_widths(ctx, param, value):
     return widths
 
 
+def joint_order_list(ctx, param, value):
+    """--joint-order 0,4,5,1,3,2 -> (0, 4, 5, 1, 3, 2); the arm checks the indices."""
+    if value is None:
+        return None
+    try:
+        order = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated joint indices such as 0,4,5,1,3,2, "
+                                 f"got {short(value, 40)}") from None
+    if min(order) < 0:
+        raise click.BadParameter(f"joint indices start at 0, got {short(value, 40)}")
+    return order
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ikmdn")
 def cli():

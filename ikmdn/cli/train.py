@@ -10,7 +10,15 @@ from pathlib import Path
 
 import click
 
-from ikmdn.cli._base import SEED, THREADS, cli, hidden_widths, positive, require_torch
+from ikmdn.cli._base import (
+    SEED,
+    THREADS,
+    cli,
+    hidden_widths,
+    joint_order_list,
+    positive,
+    require_torch,
+)
 from ikmdn.cli.arm_options import arm_options, chosen_arm
 
 
@@ -45,6 +53,13 @@ def arms_command():
 @click.option("--device", help="torch device: cpu, cuda or cuda:N [default: cpu].")
 @click.option("--baseline", is_flag=True,
               help="Train Bishop's least-squares network (same body, one output) instead.")
+@click.option("--model", "kind", type=click.Choice(["mdn", "autoregressive"]),
+              help="mdn: one mixture over all joints; autoregressive: one mixture per joint, each "
+                   "given the joints before it, candidates by beam search (--components wide) "
+                   "[default: autoregressive for 6-D pose targets or 6+ joints, else mdn].")
+@click.option("--joint-order", callback=joint_order_list,
+              help="Factor order of an autoregressive model, e.g. 0,4,5,1,3,2 (joint indices) "
+                   "[default: found from the arm before training].")
 @click.option("--export", "export_path", type=click.Path(path_type=Path),
               help="Also export the trained model to this .onnx file (ikmdn.format 2, as "
                    "`ikmdn export`).")
@@ -57,9 +72,9 @@ def arms_command():
 @click.option("--threads", type=THREADS,
               help="torch CPU threads [default: torch's, one per core; idle threads sleep].")
 def train_command(arm_name, urdf, tip, base, tool, lock, name, out_dir, samples, components,
-                  epochs, batch_size, lr, hidden, activation, seed, device, baseline, export_path,
-                  force, resume, threads):
-    """Train an MDN on an arm's inverse kinematics (data made by forward kinematics).
+                  epochs, batch_size, lr, hidden, activation, seed, device, baseline, kind,
+                  joint_order, export_path, force, resume, threads):
+    """Train a model of an arm's inverse kinematics (data made by forward kinematics).
 
     The arm is a preset (--arm) or your robot (--urdf FILE --tip LINK). Defaults follow the
     arm's properties (joints, target kind, joint ranges); the best-validation checkpoint is kept,
@@ -86,7 +101,8 @@ def train_command(arm_name, urdf, tip, base, tool, lock, name, out_dir, samples,
                                           ("--epochs", epochs), ("--batch-size", batch_size),
                                           ("--lr", lr), ("--hidden", hidden),
                                           ("--activation", activation), ("--seed", seed),
-                                          ("--baseline", baseline or None))
+                                          ("--baseline", baseline or None), ("--model", kind),
+                                          ("--joint-order", joint_order))
                  if value is not None]
         if given:
             raise click.UsageError(f"--resume continues with the run's own settings; drop "
@@ -97,11 +113,13 @@ def train_command(arm_name, urdf, tip, base, tool, lock, name, out_dir, samples,
             f"epoch {r.epoch}: loss {r.train_loss:.3f}, validation NLL {r.val_nll:.3f}", err=True),
             threads=threads)
     else:
+        if baseline and kind:
+            raise click.UsageError("--baseline trains the least-squares network; drop --model")
         arm = chosen_arm(arm_name, urdf, tip, base, tool, lock, name)
         config = default_config(arm, samples=samples, components=components, epochs=epochs,
                                 batch_size=batch_size, lr=lr, hidden=hidden, activation=activation,
-                                seed=seed, device=device,
-                                kind="least_squares" if baseline else None)
+                                seed=seed, device=device, joint_order=joint_order,
+                                kind="least_squares" if baseline else kind)
         with ExitStack() as stack:
             bars = []  # drawn once the run holds its folder: a refused run prints only its error
 
@@ -118,6 +136,9 @@ def train_command(arm_name, urdf, tip, base, tool, lock, name, out_dir, samples,
                f" best-mode RMS error {m['best_mode_rms']:.2e}, min-over-modes "
                f"{m['min_over_modes_rms']:.2e} on {m['test_targets']} fresh targets, "
                f"{m['train_seconds']:.0f} s")
+    if checkpoint.config.joint_order is not None:
+        names = checkpoint.arm.joint_names
+        click.echo("joint order: " + ", ".join(names[j] for j in checkpoint.config.joint_order))
     if export_path is not None:
         _export(checkpoint, export_path, force=True)
 

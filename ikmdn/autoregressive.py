@@ -1,0 +1,210 @@
+"""The autoregressive mixture: p(q | x) = prod_j p(q_{o_j} | x, q_{o_1}, ..., q_{o_{j-1}}).
+
+Each factor is a 1-D mixture of M Gaussians (wrapped for periodic joints) over one joint, in the
+joint order o stored in the config, conditioned on the target x and on the joints before it
+(each entering as (cos q, sin q, standardised q)). A body shared by all factors maps x to one
+context vector per factor (once per target); a factor's own layers take its context plus a
+linear map of the earlier joints' features. The beam search therefore runs only the small factor
+layers per candidate. Training is teacher-forced: every factor sees
+the true earlier joints, so one pass scores the exact log-likelihood. A forward pass runs a beam
+search over the factors' components (beam width B = config.components) and returns the B
+surviving joint vectors as the candidates, with the same contract as the MDN's forward:
+
+    weights (N, B): softmax of the beam scores (sum of log w - log sigma over the chosen
+                    components: the log density at the chosen means, up to a constant),
+    means   (N, B, c): the candidates in physical units, joints in the arm's order,
+    sigmas  (N, B, c): the chosen components' spreads.
+
+The beam search is a fixed unrolled graph (TopK with static k), so it exports to ONNX as is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ikmdn.mdn import ACTIVATIONS, ConditionalDensity, MDNConfig
+
+JOINT_FEATURES = 3  # each earlier joint enters a factor as (cos q, sin q, standardised q)
+
+
+class StackedLayers(nn.Module):
+    """F independent MLPs of the same shape, the activation applied first (inputs are
+    pre-activations), run as one batched matmul per layer.
+
+    forward(x (F, N, in)) -> (F, N, out); factor(j, x (N, in)) -> (N, out) runs MLP j alone.
+    Initialised like nn.Linear (uniform within 1 / sqrt(fan_in)).
+    """
+
+    def __init__(self, factors: int, widths: tuple[int, ...], activation: str):
+        super().__init__()
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+            bound = 1 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(factors, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(factors, 1, fan_out).uniform_(-bound, bound)))
+        self.activation = ACTIVATIONS[activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for w, b in zip(self.weights, self.biases, strict=True):
+            x = torch.baddbmm(b, self.activation(x), w)
+        return x
+
+    def factor(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        for w, b in zip(self.weights, self.biases, strict=True):
+            x = torch.addmm(b[j], self.activation(x), w[j])
+        return x
+
+
+def wrapped_mixture_log_prob(log_weights: torch.Tensor, means: torch.Tensor, sigmas: torch.Tensor,
+                             y: torch.Tensor, periodic: torch.Tensor) -> torch.Tensor:
+    """log p(y) (..., ) of 1-D Gaussian mixtures, in log space.
+
+    log_weights, means, sigmas (..., M); y (...,); periodic: bool, broadcastable to y: those
+    values are angles whose kernel is wrapped (summed over y + 2 pi k, k = -1, 0, 1).
+    """
+    diff = (y[..., None] - means) / sigmas
+    plain = -0.5 * diff.pow(2)
+    step = (2 * math.pi) / sigmas
+    wrapped = torch.logsumexp(torch.stack([plain, -0.5 * (diff - step).pow(2),
+                                           -0.5 * (diff + step).pow(2)]), dim=0)
+    log_kernel = torch.where(periodic[..., None], wrapped, plain)
+    return torch.logsumexp(log_weights + log_kernel - torch.log(sigmas), dim=-1) \
+        - 0.5 * math.log(2 * math.pi)
+
+
+class AutoregressiveMixture(ConditionalDensity):
+    """See the module docstring. loss/nll score true joints; forward runs the beam search."""
+
+    def __init__(self, config: MDNConfig):
+        super().__init__(config)
+        c, m, first = config.output_dim, config.factor_components, config.factor_hidden[0]
+        order = torch.tensor(config.joint_order, dtype=torch.long)
+        self.register_buffer("order", order)
+        self.register_buffer("inverse_order", torch.argsort(order))
+        features, layers = self.feature_dim, []
+        for width in config.hidden:
+            layers += [nn.Linear(features, width), ACTIVATIONS[config.activation]()]
+            features = width
+        self.body = nn.Sequential(*layers)
+        self.context = nn.Linear(features, c * first)      # per factor: its first layer's share of x
+        bound = 1 / math.sqrt(c * JOINT_FEATURES)
+        # factor j's first layer on the earlier joints' features; rows of later joints stay unused
+        self.prefix_weight = nn.Parameter(torch.empty(c, c * JOINT_FEATURES, first).uniform_(-bound, bound))
+        mask = torch.zeros(c, c * JOINT_FEATURES, 1)
+        for j in range(c):
+            mask[j, :j * JOINT_FEATURES] = 1.0
+        self.register_buffer("prefix_mask", mask)
+        self.factors = StackedLayers(c, (*config.factor_hidden, 3 * m), config.activation)
+
+    def _ordered_stats(self):
+        """(mean (c,), std (c,), periodic (c,)) of the joints in factor order."""
+        return self.out_mean[self.order], self.out_std[self.order], self.periodic[self.order]
+
+    @staticmethod
+    def _joint_features(values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """(..., j * 3) features of joint values (..., j) in physical units."""
+        z = (values - mean) / std
+        return torch.stack([torch.cos(values), torch.sin(values), z], dim=-1).flatten(-2)
+
+    def _first_layer(self, context: torch.Tensor, values: torch.Tensor, mean: torch.Tensor,
+                     std: torch.Tensor, j: int) -> torch.Tensor:
+        """Factor j's first-layer pre-activation (..., H): its context (..., H) plus the map of
+        the earlier joints' values (..., j) in physical units."""
+        if j == 0:
+            return context
+        rows = self.prefix_weight[j, :j * JOINT_FEATURES]
+        return context + torch.matmul(self._joint_features(values, mean[:j], std[:j]), rows)
+
+    def _head(self, out: torch.Tensor):
+        """Split raw factor outputs (..., 3M) into (log_weights, means, sigmas), standardised."""
+        m = self.config.factor_components
+        return (F.log_softmax(out[..., :m], dim=-1), out[..., m:2 * m],
+                F.softplus(out[..., 2 * m:]) + self.config.sigma_floor)
+
+    def _contexts(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, c, H) the per-factor contexts of targets x (N, in_dim)."""
+        c = self.config.output_dim
+        return self.context(self.body(self._features(x))).reshape(x.shape[0], c, -1)
+
+    def factor_log_probs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced log p of each factor (c, N), standardised units; x (N, in), y (N, c)."""
+        mean, std, periodic = self._ordered_stats()
+        yo = y[:, self.order]
+        prefix = self._joint_features(yo, mean, std)                       # (N, 3c)
+        first = self._contexts(x).transpose(0, 1) + torch.matmul(
+            prefix, self.prefix_weight * self.prefix_mask)                 # (c, N, H)
+        log_weights, means, sigmas = self._head(self.factors(first))       # (c, N, M)
+        return wrapped_mixture_log_prob(log_weights, means, sigmas, ((yo - mean) / std).T,
+                                        periodic[:, None])
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training loss (scalar): the NLL in standardised units, summed over the factors."""
+        return -self.factor_log_probs(x, y).sum(0).mean()
+
+    def nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean NLL (scalar) of joints y (N, c) in physical units (nats per sample)."""
+        return self.loss(x, y) + torch.log(self.out_std).sum()
+
+    def forward(self, x: torch.Tensor):
+        """Beam search: (weights (N,B), means (N,B,c), sigmas (N,B,c)) in physical units,
+        candidates sorted by score, best first."""
+        return self._beam(x, margins=False)[:3]
+
+    @torch.no_grad()
+    def beam_margins(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) the smallest gap between neighbouring scores among each step's kept candidates and
+        the best dropped one: where it is at float rounding level, another runtime may keep or
+        order the beams differently (export parity allows that, see ikmdn.export)."""
+        return self._beam(x, margins=True)[3]
+
+    def _beam(self, x: torch.Tensor, margins: bool):
+        c, m, beam = self.config.output_dim, self.config.factor_components, self.config.components
+        mean, std, _ = self._ordered_stats()
+        contexts = self._contexts(x)                                       # (N, c, H)
+        n = contexts.shape[0]
+        scores = contexts.new_zeros(n, 1)                                  # (N, b)
+        values = spreads = contexts.new_zeros(n, 1, 0)                     # (N, b, j) physical
+        gap = contexts.new_full((n,), math.inf)
+        for j in range(c):
+            b = scores.shape[1]
+            first = self._first_layer(contexts[:, j:j + 1], values, mean, std, j)   # (N, b, H)
+            out = self.factors.factor(j, first.reshape(n * b, -1)).reshape(n, b, 3 * m)
+            log_weights, means, sigmas = self._head(out)                   # (N, b, M)
+            candidates = (scores[..., None] + log_weights - torch.log(sigmas)).reshape(n, b * m)
+            k = min(beam, b * m)
+            if margins:
+                top = torch.topk(candidates, min(k + 1, b * m), dim=1).values
+                gap = torch.minimum(gap, (top[:, :-1] - top[:, 1:]).min(1).values
+                                    if top.shape[1] > 1 else gap)
+            scores, pick = torch.topk(candidates, k, dim=1)
+            chosen = (means.reshape(n, b * m).gather(1, pick) * std[j] + mean[j])[..., None]
+            spread = (sigmas.reshape(n, b * m).gather(1, pick) * std[j])[..., None]
+            if j:
+                keep = torch.div(pick, m, rounding_mode="floor")[..., None].expand(-1, -1, j)
+                chosen = torch.cat([values.gather(1, keep), chosen], dim=-1)
+                spread = torch.cat([spreads.gather(1, keep), spread], dim=-1)
+            values, spreads = chosen, spread
+        return (torch.softmax(scores, dim=1), values[..., self.inverse_order],
+                spreads[..., self.inverse_order], gap)
+
+    @torch.no_grad()
+    def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One ancestral draw per input (N, c): each factor's component by weight, then a
+        Gaussian draw, fed to the next factor."""
+        mean, std, _ = self._ordered_stats()
+        contexts = self._contexts(x)
+        n = contexts.shape[0]
+        values = contexts.new_zeros(n, 0)
+        for j in range(self.config.output_dim):
+            first = self._first_layer(contexts[:, j], values, mean, std, j)
+            log_weights, means, sigmas = self._head(self.factors.factor(j, first))
+            idx = torch.multinomial(log_weights.exp(), 1, generator=generator)
+            draw = means.gather(1, idx) + sigmas.gather(1, idx) * torch.randn(
+                n, 1, generator=generator, dtype=means.dtype)
+            values = torch.cat([values, draw * std[j] + mean[j]], dim=1)
+        return values[:, self.inverse_order]

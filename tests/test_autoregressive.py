@@ -1,0 +1,217 @@
+"""The autoregressive mixture: its density (scipy oracle, normalisation by quadrature), the beam
+search (against enumeration), the joint-order search (against UR5's closed-form decoupling),
+training, checkpoints, export parity (formats 1 and 2) and solving with it."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_ok, invoke
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import special, stats
+
+from ikmdn.arms import get_arm
+from ikmdn.autoregressive import AutoregressiveMixture, wrapped_mixture_log_prob
+from ikmdn.data import make_ik_dataset
+from ikmdn.errors import IKMDNError
+from ikmdn.joint_order import find_joint_order
+from ikmdn.mdn import MDNConfig
+from ikmdn.train import TrainConfig, default_config
+
+
+def _model(arm_name: str, components: int, m: int = 3, order=(), seed: int = 0,
+           periodic: bool | None = None) -> AutoregressiveMixture:
+    arm = get_arm(arm_name)
+    flags = arm.continuous_joints if periodic is None else np.full(arm.dof, periodic)
+    config = MDNConfig(input_dim=arm.target_dim, output_dim=arm.dof, components=components,
+                       hidden=(16,), factor_hidden=(16, 8), kind="autoregressive",
+                       factor_components=m, joint_order=order,
+                       angular_inputs=tuple(arm.angular_targets), periodic_outputs=tuple(flags))
+    torch.manual_seed(seed)
+    model = AutoregressiveMixture(config).double()
+    data = make_ik_dataset(arm, 500, seed)
+    model.set_normalization(data.inputs, data.outputs)
+    with torch.no_grad():  # spread the outputs so that the test is not about an untrained net
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.booleans(), st.integers(0, 10_000))
+def test_log_prob_matches_scipy(m, periodic, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.dirichlet(np.ones(m))
+    mu, sigma, y = rng.uniform(-3, 3, m), rng.uniform(0.05, 1.5, m), rng.uniform(-3.5, 3.5)
+    shifts = (-2 * np.pi, 0.0, 2 * np.pi) if periodic else (0.0,)
+    expected = special.logsumexp([np.log(w[i]) + stats.norm.logpdf(y + s, mu[i], sigma[i])
+                                  for i in range(m) for s in shifts])
+    got = wrapped_mixture_log_prob(*(torch.tensor(np.asarray(a), dtype=torch.float64)
+                                     for a in (np.log(w), mu, sigma, y)), torch.tensor(periodic))
+    assert float(got) == pytest.approx(expected, rel=1e-10, abs=1e-10)
+
+
+def test_density_integrates_to_one():
+    """exp(-nll) over a grid of both periodic joints of planar2 sums to 1: the factors are
+    normalised conditionals and the chain rule is applied in the right order."""
+    model = _model("planar2", components=4, order=(1, 0), periodic=True)
+    with torch.no_grad():  # spreads of 0.04-1.5 rad: the +-1 wrap images hold all but 1e-5
+        model.factors.biases[-1][..., 2 * 3:] -= 1.0
+    n = 800
+    grid = torch.linspace(-math.pi, math.pi, n + 1, dtype=torch.float64)[:-1]
+    q = torch.cartesian_prod(grid, grid)
+    x = torch.tensor([[0.7, -0.4]], dtype=torch.float64).expand(len(q), -1)
+    with torch.no_grad():
+        log_p = model.factor_log_probs(x, q).sum(0) - torch.log(model.out_std).sum()
+    integral = float(log_p.exp().sum()) * (2 * math.pi / n) ** 2
+    assert integral == pytest.approx(1.0, abs=1e-4)
+
+
+def _enumerate(model: AutoregressiveMixture, x: torch.Tensor):
+    """All joint combinations of factor means for one target x (1, in): (scores, joints)."""
+    c, m = model.config.output_dim, model.config.factor_components
+    mean, std, _ = model._ordered_stats()
+    contexts = model._contexts(x)
+    rows = []
+    for combo in itertools.product(range(m), repeat=c):
+        values, score, spread = torch.zeros(1, 0, dtype=x.dtype), 0.0, []
+        for j, comp in enumerate(combo):
+            first = model._first_layer(contexts[:, j], values, mean, std, j)
+            log_w, mu, sigma = model._head(model.factors.factor(j, first))
+            score += float(log_w[0, comp] - torch.log(sigma[0, comp]))
+            values = torch.cat([values, mu[:, comp:comp + 1] * std[j] + mean[j]], 1)
+            spread.append(float(sigma[0, comp] * std[j]))
+        rows.append((score, values[0, model.inverse_order].numpy(),
+                     np.array(spread)[model.inverse_order.numpy()]))
+    return sorted(rows, key=lambda r: -r[0])
+
+
+@pytest.mark.parametrize("beam", [9, 4])
+def test_beam_search_matches_enumeration(beam):
+    """With 3 components and 2 joints every prefix survives the first step, so the beam holds
+    the best `beam` of all 9 combinations, in score order, with softmax(score) weights."""
+    model = _model("planar2", components=beam, order=(1, 0))
+    x = torch.tensor([[0.6, 0.5]], dtype=torch.float64)
+    with torch.no_grad():
+        weights, means, sigmas = model(x)
+        rows = _enumerate(model, x)[:beam]
+    scores = np.array([r[0] for r in rows])
+    np.testing.assert_allclose(means[0].numpy(), np.stack([r[1] for r in rows]), atol=1e-12)
+    np.testing.assert_allclose(sigmas[0].numpy(), np.stack([r[2] for r in rows]), atol=1e-12)
+    np.testing.assert_allclose(weights[0].numpy(), np.exp(scores - scores.max())
+                               / np.exp(scores - scores.max()).sum(), atol=1e-12)
+
+
+def test_sample_is_seeded_and_follows_the_factors():
+    model = _model("planar3", components=8)
+    x = torch.tensor(make_ik_dataset(get_arm("planar3"), 4, 1).inputs)
+    a = model.sample(x, torch.Generator().manual_seed(3))
+    b = model.sample(x, torch.Generator().manual_seed(3))
+    assert a.shape == (4, 3) and torch.equal(a, b)
+    # a draw scores a finite likelihood under the teacher-forced factors
+    assert torch.isfinite(model.nll(x, a))
+
+
+def test_config_checks():
+    arm = get_arm("ur5")
+    base = dict(input_dim=arm.target_dim, output_dim=6, kind="autoregressive")
+    with pytest.raises(IKMDNError, match="joint_order must list the joints 0 to 5"):
+        MDNConfig(**base, joint_order=(0, 1, 2, 3, 4, 4))
+    with pytest.raises(IKMDNError, match="joint_order is for autoregressive"):
+        MDNConfig(input_dim=6, output_dim=6, joint_order=(0, 1, 2, 3, 4, 5))
+    with pytest.raises(IKMDNError, match="a beam of 10 candidates"):
+        MDNConfig(input_dim=2, output_dim=2, kind="autoregressive", factor_components=3,
+                  components=10)
+    with pytest.raises(IKMDNError, match="joint_order entry"):
+        TrainConfig(arm="ur5", kind="autoregressive", joint_order=[0, 1, 2, 3, 4, 9])
+
+
+def test_joint_order_finds_ur5_decoupling():
+    """UR5's closed form solves the base, then the two wrist joints (q5, q6), then one of the
+    elbow/shoulder/wrist-1 joints that the rest determine; the order search finds that."""
+    order = find_joint_order(get_arm("ur5"), seed=0)
+    assert order[:3] == (0, 4, 5) and sorted(order[3:]) == [1, 2, 3]
+    assert find_joint_order(get_arm("ur5"), seed=0) == order  # seeded
+
+
+def test_joint_order_of_a_redundant_arm_pins_one_joint_first():
+    arm = get_arm("panda")
+    order = find_joint_order(arm, seed=0)
+    assert sorted(order) == list(range(7))
+    assert find_joint_order(arm, seed=0) == order
+
+
+def test_defaults_pick_the_model_by_the_arms_properties():
+    assert default_config("ur5").kind == "autoregressive"
+    assert default_config("panda").kind == "autoregressive"
+    assert default_config("bishop").kind == "mdn"
+    assert default_config("ur5", kind="mdn").hidden == (256, 256, 256, 256)
+
+
+@pytest.fixture(scope="module")
+def planar3_ar(tmp_path_factory):
+    from ikmdn.export import export_onnx
+    from ikmdn.train import train_run
+
+    config = TrainConfig(arm="planar3", kind="autoregressive", components=8, samples=4000,
+                         epochs=3, hidden=(32, 32), factor_hidden=(32,), seed=0)
+    run = tmp_path_factory.mktemp("ar-run")
+    checkpoint = train_run(config, run)
+    path = tmp_path_factory.mktemp("ar-onnx") / "planar3.onnx"
+    report = export_onnx(checkpoint, path, onnx_format=2)
+    assert report.ok, report.summary()
+    return run, checkpoint, path
+
+
+def test_training_stores_the_found_order_and_round_trips(planar3_ar):
+    from ikmdn.checkpoint import load_checkpoint
+
+    run, checkpoint, _ = planar3_ar
+    assert checkpoint.config.joint_order == (0, 1, 2)
+    again = load_checkpoint(run)
+    assert again.model.config == checkpoint.model.config
+    x = torch.tensor(make_ik_dataset(again.arm, 16, 5).inputs, dtype=torch.float32)
+    for a, b in zip(again.model(x), checkpoint.model(x), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_onnx_solves_like_the_checkpoint(planar3_ar):
+    from ikmdn.solve import IKSolver
+
+    run, _, path = planar3_ar
+    targets = make_ik_dataset(get_arm("planar3"), 200, 9).inputs
+    from_onnx, from_run = IKSolver.load(path), IKSolver.load(run)
+    assert from_onnx.model.components == 8
+    a, b = from_onnx.solve(targets), from_run.solve(targets)
+    assert a.reachable.mean() > 0.9
+    np.testing.assert_array_equal(a.reachable, b.reachable)
+
+
+def test_cli_trains_an_autoregressive_model(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("train", "--arm", "planar2", "--model", "autoregressive", "--joint-order",
+                    "1,0", "--samples", "2000", "--epochs", "1", "--hidden", "16",
+                    "--components", "4", "--out", str(out))
+    assert_ok(result)
+    assert "joint order: " in result.output
+    import json
+    assert json.loads((out / "config.json").read_text())["joint_order"] == [1, 0]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "autoregressive", "--joint-order", "0,1,x"], "comma-separated joint indices"),
+    (["--model", "autoregressive", "--joint-order", "0,0"], "joint_order must list the joints 0 to 1"),
+    (["--model", "autoregressive", "--joint-order", "0,5"], "joint_order entry must be an integer"),
+    (["--model", "mdn", "--joint-order", "1,0"], "joint_order is for autoregressive"),
+    (["--model", "autoregressive", "--baseline"], "drop --model"),
+])
+def test_cli_refuses_bad_orders(tmp_path, args, fragment):
+    result = invoke("train", "--arm", "planar2", *args, "--samples", "1000", "--epochs", "1",
+                    "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2 and fragment in result.output, result.output
+    assert not (tmp_path / "r").exists()
