@@ -25,13 +25,10 @@ class Mixture:
 
     def sorted_by_weight(self) -> Mixture:
         """The same mixture with components ordered heaviest first (stable for ties)."""
-        n, k = self.weights.shape
         order = np.argsort(-self.weights, axis=1, kind="stable")
-        pick = (order + k * np.arange(n)[:, None]).ravel()
-        dof = self.means.shape[-1]
-        return Mixture(self.weights.ravel()[pick].reshape(n, k),
-                       self.means.reshape(n * k, dof)[pick].reshape(self.means.shape),
-                       self.sigmas.reshape(n * k, dof)[pick].reshape(self.sigmas.shape))
+        arrays = (self.weights.copy(), self.means.copy(), self.sigmas.copy())
+        reorder(order, *arrays)
+        return Mixture(*arrays)
 
     def best_mode(self) -> np.ndarray:
         """Means of the heaviest component (N, dof)."""
@@ -46,3 +43,15 @@ class Mixture:
         rows = np.arange(len(idx))
         mean, sigma = self.means[rows, idx], self.sigmas[rows, idx]
         return mean + sigma * rng.standard_normal(mean.shape)
+
+
+def reorder(order: np.ndarray, *arrays: np.ndarray) -> None:
+    """Put each row's K entries of arrays (N, K, ...) in order (N, K) (a permutation per row), in
+    place; rows already in order (often all of them) are not copied."""
+    n, k = order.shape
+    moved = np.flatnonzero((order != np.arange(k)).any(axis=1))
+    if moved.size == 0:
+        return
+    pick = (order[moved] + k * moved[:, None]).ravel()
+    for a in arrays:
+        a[moved] = a.reshape(n * k, *a.shape[2:])[pick].reshape(moved.size, *a.shape[1:])

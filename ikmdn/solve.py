@@ -13,7 +13,7 @@ import numpy as np
 from ikmdn.arms import Arm, wrap_angle
 from ikmdn.arms.base import as_batch
 from ikmdn.errors import IKMDNError
-from ikmdn.mixture import Mixture
+from ikmdn.mixture import Mixture, reorder
 from ikmdn.refine import RefineSettings, default_settings, refine, residual_norm
 
 MERGE_TOL = 1e-6  # rad: candidates closer than this (modulo 2 pi) are one solution
@@ -362,19 +362,24 @@ class IKSolver:
             modes = (k - 1) * n
             order = np.arange(n * k).reshape(n, k)
             pick = np.concatenate([order[:, :-1].ravel(), order[:, -1]])
-            q, reached, _ = refine(arm, flat[pick[:modes]], flat_targets[pick[:modes]],
-                                   self.refine_settings, threads=self.threads)
-            q_ref, reached_ref, _ = refine(arm, near, x, self.near_settings, threads=self.threads)
+            q, reached, err = refine(arm, flat[pick[:modes]], flat_targets[pick[:modes]],
+                                     self.refine_settings, threads=self.threads)
+            q_ref, reached_ref, err_ref = refine(arm, near, x, self.near_settings,
+                                                 threads=self.threads)
             flat, positions = np.empty_like(flat), np.empty((n * k, arm.target_dim))
+            residuals = np.empty(n * k)
             flat[pick] = np.concatenate([q, q_ref])
             positions[pick] = np.concatenate([reached, reached_ref])
+            residuals[pick] = np.concatenate([err, err_ref])
         elif do_refine:
-            flat, positions, _ = refine(arm, flat, flat_targets, self.refine_settings,
-                                        threads=self.threads)
+            flat, positions, residuals = refine(arm, flat, flat_targets, self.refine_settings,
+                                                threads=self.threads)
         else:
             flat = arm.wrap_joints(flat)
             positions = arm.fk(flat)
-        errors = arm.target_error(positions, flat_targets)
+            residuals = residual_norm(arm, positions, flat_targets)
+        # Without a hand orientation the error is the refinement's own ||r|| (the same numbers).
+        errors = arm.target_error(positions, flat_targets) if arm.pose_targets else residuals
         rotation_errors = arm.rotation_error(positions, flat_targets).reshape(n, k)
         joints = flat.reshape(n, k, arm.dof)
         positions = positions.reshape(n, k, arm.target_dim)
@@ -392,22 +397,16 @@ class IKSolver:
             joints = arm.wrap_joints(joints, reference=near[:, None, :])   # the turn nearest near
             distances = joint_distance(arm, joints, near[:, None, :])
         # Heaviest (nearest with `near`; unrefined: smallest forward-kinematics residual) first,
-        # merged duplicates last: one flat gather per array.
+        # merged duplicates last, rearranged in place.
         if distances is not None:
             key = distances
         elif do_refine:
             key = -weights
         else:
-            key = residual_norm(arm, positions.reshape(n * k, -1), flat_targets).reshape(n, k)
+            key = residuals.reshape(n, k)
         order = np.argsort(np.where(distinct, key, np.inf), axis=1, kind="stable")
-        pick = (order + k * np.arange(n)[:, None]).ravel()
-        joints, positions, sigmas = (a.reshape(n * k, a.shape[-1])[pick].reshape(a.shape)
-                                     for a in (joints, positions, sigmas))
-        errors, rotation_errors, within, weights, distinct = (
-            a.ravel()[pick].reshape(n, k)
-            for a in (errors, rotation_errors, within, weights, distinct))
-        if distances is not None:
-            distances = distances.ravel()[pick].reshape(n, k)
+        reorder(order, joints, positions, sigmas, errors, rotation_errors, within, weights, distinct,
+                *(() if distances is None else (distances,)))
         solved = solved_mask(distinct, within, errors, rotation_errors, self.reach_tol)
         return Solutions(x, joints, weights, sigmas, positions, errors, rotation_errors, within,
                          distinct, solved.any(axis=1), fallback, do_refine, self.reach_tol,
