@@ -112,17 +112,21 @@ def mixture_log_prob(log_weights: torch.Tensor, means: torch.Tensor, sigmas: tor
                      y: torch.Tensor, periods: torch.Tensor | None = None) -> torch.Tensor:
     """log p(y) (N,) of diagonal Gaussian mixtures, all in log space (log-sum-exp).
 
-    log_weights (N, K); means, sigmas (N, K, c); y (N, c). periods (c,): 0 for an ordinary
-    dimension, P > 0 for a periodic one, whose kernel is wrapped: summed over y + P k, k = -1, 0, 1
-    (exact to within exp(-P^2 / (2 sigma^2)), negligible for sigma < P / 6).
+    log_weights (N, K); means, sigmas (N, K, c); y (N, c). periods (c,) or None (no periodic
+    dimension): 0 for an ordinary dimension, P > 0 for a periodic one, whose kernel is wrapped:
+    summed over y + P k, k = -1, 0, 1 (exact to within exp(-P^2 / (2 sigma^2)), negligible for
+    sigma < P / 6).
     """
-    diff = y[:, None, :] - means
-    log_norm = -torch.log(sigmas) - 0.5 * math.log(2 * math.pi)
-    if periods is None or not bool((periods > 0).any()):
-        log_kernel = -0.5 * (diff / sigmas).pow(2) + log_norm
+    diff = (y[:, None, :] - means) / sigmas
+    plain = -0.5 * diff.pow(2)
+    if periods is None:
+        log_kernel = plain
     else:
-        shifts = torch.stack([diff - periods, diff, diff + periods])  # (3, N, K, c)
-        log_kernel = torch.logsumexp(-0.5 * (shifts / sigmas).pow(2), dim=0) + log_norm
+        step = periods / sigmas
+        wrapped = torch.logsumexp(torch.stack([plain, -0.5 * (diff - step).pow(2),
+                                               -0.5 * (diff + step).pow(2)]), dim=0)
+        log_kernel = torch.where(periods > 0, wrapped, plain)
+    log_kernel = log_kernel - torch.log(sigmas) - 0.5 * math.log(2 * math.pi)
     return torch.logsumexp(log_weights + log_kernel.sum(-1), dim=-1)
 
 
@@ -178,8 +182,11 @@ class ConditionalDensity(nn.Module):
         a = x[:, self.angular]
         return torch.cat([z[:, ~self.angular], torch.cos(a), torch.sin(a)], dim=1)
 
-    def _periods(self) -> torch.Tensor:
-        """(c,) 2 pi for periodic outputs (standardised units = radians), 0 otherwise."""
+    def _periods(self) -> torch.Tensor | None:
+        """(c,) 2 pi for periodic outputs (standardised units = radians), 0 otherwise; None when
+        no output is periodic (decided by the config: no data-dependent branch in the graph)."""
+        if not any(self.config.periodic_outputs):
+            return None
         return self.periodic.to(self.out_std.dtype) * (2 * math.pi)
 
     @torch.no_grad()

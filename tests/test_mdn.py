@@ -77,6 +77,20 @@ def test_mixture_log_prob_matches_scipy(c):
     np.testing.assert_allclose(nll.item(), -expected.mean(), rtol=1e-5)
 
 
+def test_mixed_periodic_dimensions_match_scipy():
+    """A periodic dimension's kernel is summed over its +-2 pi images; an ordinary one beside it
+    keeps its plain kernel (no log 3 added)."""
+    log_weights, means, sigmas, y = (t.double() for t in random_mixture(7, 4, 2, seed=5))
+    periods = torch.tensor([2 * np.pi, 0.0], dtype=torch.float64)
+    got = mixture_log_prob(log_weights, means, sigmas, y, periods).numpy()
+    w, m, s, yy = (t.numpy() for t in (log_weights.exp(), means, sigmas, y))
+    expected = np.log(sum(
+        w[:, k] * sum(scipy_stats.norm.pdf(yy[:, 0] + shift, m[:, k, 0], s[:, k, 0])
+                      for shift in (-2 * np.pi, 0.0, 2 * np.pi))
+        * scipy_stats.norm.pdf(yy[:, 1], m[:, k, 1], s[:, k, 1]) for k in range(4)))
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_nll_finite_far_from_narrow_components(dtype):
     n, k, c, floor = 4, 3, 2, 1e-4
