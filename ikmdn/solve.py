@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
@@ -14,10 +15,11 @@ from ikmdn.arms import Arm, wrap_angle
 from ikmdn.arms.base import as_batch
 from ikmdn.errors import IKMDNError
 from ikmdn.mixture import Mixture, reorder
-from ikmdn.refine import RefineSettings, default_settings, refine, residual_norm
+from ikmdn.refine import RefineSettings, default_settings, refine, refine_threads, residual_norm
 
 MERGE_TOL = 1e-6  # rad: candidates closer than this (modulo 2 pi) are one solution
 MODES = ("all", "best")
+BATCH_WORKERS = 2  # batches of one solve() in flight at once (see IKSolver.solve)
 NEAR_DAMPING = 1e-3  # initial LM damping of a `near` reference seed (see IKSolver.near_settings)
 NEAR_ACCEPT = 0.25   # rad: mode "best" keeps the reference's own solution within this of it
 NEAR_JITTER, NEAR_JITTER_SEEDS = 0.05, 8   # rad, count: seeds around a reference that stalls
@@ -244,13 +246,29 @@ class IKSolver:
         x = as_batch(targets, self.arm.target_dim, "targets")
         ref = None if near is None else self._reference(near, len(x))
         if len(x) <= self.batch_size:
-            return self._solve_batch(x, refine, np.random.default_rng([self.seed, 0]), mode, ref)
-        # Fallback seeds are drawn per batch from (seed, first row): results do not depend on
-        # how a caller splits its targets into solve() calls of batch_size rows.
-        return Solutions.concatenate([
-            self._solve_batch(x[s:s + self.batch_size], refine, np.random.default_rng([self.seed, s]),
-                              mode, None if ref is None else ref[s:s + self.batch_size])
-            for s in range(0, len(x), self.batch_size)])
+            return self._solve_batch(x, refine, np.random.default_rng([self.seed, 0]), mode, ref,
+                                     self.threads)
+        # Two batches at a time, sharing the threads: one's serial bookkeeping overlaps the
+        # other's inference and refinement. Fallback seeds are drawn per batch from (seed, first
+        # row): results do not depend on the split, nor on how a caller splits its targets into
+        # solve() calls of batch_size rows.
+        starts = range(0, len(x), self.batch_size)
+        threads = self.threads or refine_threads()
+        workers = min(BATCH_WORKERS, threads, len(starts))
+
+        def batch(s: int) -> Solutions:
+            return self._solve_batch(x[s:s + self.batch_size], refine,
+                                     np.random.default_rng([self.seed, s]), mode,
+                                     None if ref is None else ref[s:s + self.batch_size],
+                                     max(1, threads // workers))
+
+        if workers == 1:
+            return Solutions.concatenate([batch(s) for s in starts])
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="ikmdn-batch")
+        try:
+            return Solutions.concatenate(list(pool.map(batch, starts)))
+        finally:
+            pool.shutdown(cancel_futures=True)
 
     def _reference(self, near, n: int, what: str = "near") -> np.ndarray:
         """near as a validated (n, dof) array (one row is repeated)."""
@@ -291,9 +309,10 @@ class IKSolver:
         return PathSolution(x, joints, sol.errors[:, 0], sol.rotation_errors[:, 0], sol.reachable,
                             jumps, jumps > switch_threshold, switch_threshold)
 
-    def _extra_seeds(self, x: np.ndarray, mixture: Mixture, rng: np.random.Generator):
-        """Best refined extra seed per target x (M, target_dim): (joints (M, dof), reached targets
-        fk(joints) (M, target_dim), solved (M,))."""
+    def _extra_seeds(self, x: np.ndarray, mixture: Mixture, rng: np.random.Generator,
+                     threads: int | None):
+        """Best refined extra seed per target x (M, target_dim), refined on `threads` threads:
+        (joints (M, dof), reached targets fk(joints) (M, target_dim), solved (M,))."""
         arm, m, s = self.arm, len(x), self.fallback_seeds
         near = np.stack([mixture.sample(rng) for _ in range((s + 1) // 2)], axis=1)  # (M, s1, dof)
         spread = near + mixture.sigmas.mean(axis=1, keepdims=True) * rng.standard_normal(near.shape)
@@ -301,14 +320,14 @@ class IKSolver:
         seeds = np.concatenate([spread, uniform], axis=1)
         xs = np.repeat(x, seeds.shape[1], axis=0)
         q, reached, _ = refine(arm, seeds.reshape(-1, arm.dof), xs, self.refine_settings,
-                               threads=self.threads)
+                               threads=threads)
         ok = self._solved(q, reached, xs).reshape(m, -1)
         pick, rows = np.argmax(ok, axis=1), np.arange(m)
         return (q.reshape(m, -1, arm.dof)[rows, pick], reached.reshape(m, -1, arm.target_dim)[rows, pick],
                 ok.any(axis=1))
 
-    def _fallback(self, x, mixture: Mixture, rng, joints, positions, errors, rotation_errors,
-                  within, distinct, weights, sigmas) -> np.ndarray:
+    def _fallback(self, x, mixture: Mixture, rng, threads, joints, positions, errors,
+                  rotation_errors, within, distinct, weights, sigmas) -> np.ndarray:
         """For targets no candidate solves, put the best solving extra seed in the last slot (the
         arrays, (N, K, ...), are changed in place); returns (N,) True where that happened."""
         arm = self.arm
@@ -318,7 +337,7 @@ class IKSolver:
         if rows.size == 0:
             return fallback
         q, reached, ok = self._extra_seeds(x[rows], Mixture(mixture.weights[rows], mixture.means[rows],
-                                                   mixture.sigmas[rows]), rng)
+                                                   mixture.sigmas[rows]), rng, threads)
         fix = rows[ok]
         # The slot of a merged duplicate if there is one (its weight is already 0), else the
         # lightest candidate, whose weight moves to the heaviest (slot 0, always distinct); with
@@ -343,9 +362,10 @@ class IKSolver:
                            arm.rotation_error(reached, x), self.reach_tol)
 
     def _solve_batch(self, x: np.ndarray, do_refine: bool, rng: np.random.Generator, mode: str,
-                     near: np.ndarray | None) -> Solutions:
+                     near: np.ndarray | None, threads: int | None) -> Solutions:
+        """One batch of solve(), refined on `threads` threads."""
         if mode == "best":
-            return self._solve_best(x, do_refine, rng, near)
+            return self._solve_best(x, do_refine, rng, near, threads)
         arm = self.arm
         mixture: Mixture = self.model.predict(x).sorted_by_weight()
         means = mixture.means.astype(np.float64)
@@ -363,9 +383,9 @@ class IKSolver:
             order = np.arange(n * k).reshape(n, k)
             pick = np.concatenate([order[:, :-1].ravel(), order[:, -1]])
             q, reached, err = refine(arm, flat[pick[:modes]], flat_targets[pick[:modes]],
-                                     self.refine_settings, threads=self.threads)
+                                     self.refine_settings, threads=threads)
             q_ref, reached_ref, err_ref = refine(arm, near, x, self.near_settings,
-                                                 threads=self.threads)
+                                                 threads=threads)
             flat, positions = np.empty_like(flat), np.empty((n * k, arm.target_dim))
             residuals = np.empty(n * k)
             flat[pick] = np.concatenate([q, q_ref])
@@ -373,7 +393,7 @@ class IKSolver:
             residuals[pick] = np.concatenate([err, err_ref])
         elif do_refine:
             flat, positions, residuals = refine(arm, flat, flat_targets, self.refine_settings,
-                                                threads=self.threads)
+                                                threads=threads)
         else:
             flat = arm.wrap_joints(flat)
             positions = arm.fk(flat)
@@ -390,7 +410,7 @@ class IKSolver:
         if do_refine:
             weights, distinct = merge_duplicates(joints, weights)
             if self.fallback_seeds:
-                fallback = self._fallback(x, mixture, rng, joints, positions, errors,
+                fallback = self._fallback(x, mixture, rng, threads, joints, positions, errors,
                                           rotation_errors, within, distinct, weights, sigmas)
         distances = None
         if near is not None:
@@ -413,7 +433,7 @@ class IKSolver:
                          arm.pose_targets, self.fallback_seeds if do_refine else 0, distances)
 
     def _solve_best(self, x: np.ndarray, do_refine: bool, rng: np.random.Generator,
-                    near: np.ndarray | None) -> Solutions:
+                    near: np.ndarray | None, threads: int | None) -> Solutions:
         """One answer per target: candidates refined one at a time in rank order, each target
         stopping at the first candidate that solves. With `near`: the reference is tried first
         and kept when the solution it reaches lies within NEAR_ACCEPT of it; otherwise the modes
@@ -446,7 +466,7 @@ class IKSolver:
                 done[rows[ok]] = True
 
         if near is not None and do_refine:   # the nearest candidate of all: the reference itself
-            q, reached, err = refine(arm, near, x, self.near_settings, threads=self.threads)
+            q, reached, err = refine(arm, near, x, self.near_settings, threads=threads)
             offer(np.arange(n), q, err, np.zeros(n), np.zeros((n, dof)), self._solved(q, reached, x))
             done |= found <= NEAR_ACCEPT
             # Where it stalls (e.g. at a singular fold the solution lies just across), seeds
@@ -457,7 +477,7 @@ class IKSolver:
                     (stalled.size, NEAR_JITTER_SEEDS, dof)) * NEAR_JITTER
                 seeds = (near[stalled, None, :] + jitter).reshape(-1, dof)
                 xs = np.repeat(x[stalled], NEAR_JITTER_SEEDS, axis=0)
-                q, reached, err = refine(arm, seeds, xs, self.near_settings, threads=self.threads)
+                q, reached, err = refine(arm, seeds, xs, self.near_settings, threads=threads)
                 ok = self._solved(q, reached, xs).reshape(stalled.size, -1)
                 dist = joint_distance(arm, q, np.repeat(near[stalled], NEAR_JITTER_SEEDS, axis=0))
                 rank = np.where(ok, dist.reshape(ok.shape), np.inf + err.reshape(ok.shape))
@@ -490,7 +510,7 @@ class IKSolver:
                 sig = mixture.sigmas[left, k].astype(np.float64)
                 if do_refine:
                     q, reached, err = refine(arm, seeds, x[rows[left]], self.refine_settings,
-                                             threads=self.threads)
+                                             threads=threads)
                     offer(rows[left], q, err, w, sig, self._solved(q, reached, x[rows[left]]))
                 else:
                     offer(rows[left], arm.wrap_joints(seeds), np.zeros(left.size), w, sig,
@@ -501,7 +521,7 @@ class IKSolver:
             if do_refine and self.fallback_seeds and stuck.size:
                 sub = np.searchsorted(rows, stuck)
                 q, _, ok = self._extra_seeds(x[stuck], Mixture(mixture.weights[sub], mixture.means[sub],
-                                                            mixture.sigmas[sub]), rng)
+                                                            mixture.sigmas[sub]), rng, threads)
                 offer(stuck, q, np.full(stuck.size, np.inf), np.zeros(stuck.size),
                       np.zeros((stuck.size, dof)), ok)
                 fallback[stuck[ok]] = True

@@ -110,3 +110,19 @@ def test_solutions_concatenate_and_take_keep_fields():
     rows = np.array([5, 0, 149])
     for key, value in whole.take(rows).arrays().items():
         np.testing.assert_array_equal(value, getattr(whole, key)[rows], err_msg=key)
+
+
+@pytest.mark.parametrize("mode, near", [("all", False), ("all", True), ("best", False)])
+def test_batches_in_parallel_change_nothing(mode, near):
+    """Two batches in flight (threads=2) give the bits of one batch after another (threads=1),
+    fallback seeds included (poses out of reach draw them from each batch's generator)."""
+    path = SHIPPED / "ur5.onnx"
+    one, two = (IKSolver.load(path, threads=t, batch_size=40) for t in (1, 2))
+    arm = one.arm
+    x = make_ik_dataset(arm, 150, seed=4).inputs
+    x[::15, 0] += 2.0   # metres: beyond the reach of a UR5
+    ref = arm.sample_joints(len(x), np.random.default_rng(1)) if near else None
+    a, b = one.solve(x, mode=mode, near=ref), two.solve(x, mode=mode, near=ref)
+    assert not a.reachable[::15].any()
+    for key, value in a.arrays().items():
+        np.testing.assert_array_equal(value, getattr(b, key), err_msg=key)
