@@ -383,18 +383,26 @@ def refine_kernel(kin, limits, settings, q0, x):
 
     settings = (tol, max_iter, damping, down, up, max_damping, min_damping, stall).
     """
-    family, pose = kin[0], kin[1]
     m, dof = q0.shape
+    out = (np.empty((m, dof)), np.empty((m, x.shape[1])), np.empty(m))
+    refine_into(kin, limits, settings, q0, x, out)
+    return out
+
+
+@_jit
+def refine_into(kin, limits, settings, q0, x, out):
+    """refine_kernel writing its result into out = (q (M, dof), reached (M, target_dim), err (M,))
+    (e.g. one thread's rows of a larger result)."""
+    family, pose = kin[0], kin[1]
+    dof = q0.shape[1]
     td = x.shape[1]
     rd = 6 if (family == SERIAL and pose) else td
-    out = (np.empty((m, dof)), np.empty((m, td)), np.empty(m))
     # The current state and a trial (copied over it when kept); scratch for kinematics and steps.
     state = (np.empty(dof), np.empty(dof), np.empty(dof), np.empty(td), np.empty(td),
              np.empty(td), np.empty(rd), np.empty(rd))
     matrices = (np.zeros((rd, dof)), np.zeros((rd, dof)), np.zeros((dof, dof)), np.empty((dof, 6)),
                 np.empty((3, 4)))
     _refine_candidates(kin, limits, settings, q0, x, out, state, matrices, np.empty((3, 3, 3)))
-    return out
 
 
 @_jit
@@ -456,6 +464,30 @@ def _refine_candidates(kin, limits, settings, q0, x, out, state, matrices, rot):
         for a in range(td):
             reached_out[c, a] = reached[a]
         err_out[c] = err
+
+
+@_jit
+def sorted_modes(weights, means, sigmas):
+    """Mixture components heaviest first (stable for ties, as Mixture.sorted_by_weight), in
+    float64: weights (N, K), means and sigmas (N, K, dof) -> the same shapes, sorted."""
+    n, k = weights.shape
+    dof = means.shape[2]
+    w, mu, sd = np.empty((n, k)), np.empty((n, k, dof)), np.empty((n, k, dof))
+    order = np.empty(k, dtype=np.int64)
+    for i in range(n):
+        for j in range(k):  # insertion sort: j goes after every earlier one at least as heavy
+            p = j
+            while p > 0 and weights[i, order[p - 1]] < weights[i, j]:
+                order[p] = order[p - 1]
+                p -= 1
+            order[p] = j
+        for j in range(k):
+            c = order[j]
+            w[i, j] = weights[i, c]
+            for d in range(dof):
+                mu[i, j, d] = means[i, c, d]
+                sd[i, j, d] = sigmas[i, c, d]
+    return w, mu, sd
 
 
 @_jit

@@ -26,7 +26,8 @@ by these rules (each constant a field of `RefineSettings`):
 The result is (q, fk(q), err) at the last kept point. These rules exist in two media, pinned to
 each other candidate by candidate on every arm family: the compiled per-candidate kernel
 `ikmdn.kernels.refine_kernel` (numba, float64, no fastmath; the arm's kinematics compiled from
-`arm.kernel_data()`; numba is imported on the first refinement), which `IKSolver` runs, and the
+`arm.kernel_data()`; numba is imported on the first refinement), which `IKSolver` runs (as
+`refine_into`, each thread writing its rows of one result), and the
 torch module `ikmdn.refine_graph.RefineGraph`, exported into format-2 ONNX files
 (tests/test_refine_kernel.py pins the kernel to the arms' numpy kinematics,
 tests/test_export_format2.py the graph to the kernel).
@@ -124,14 +125,18 @@ def refine(arm: Arm, q0: np.ndarray, targets: np.ndarray,
                          f"got {q0.shape} and {x.shape}")
     kin, limits = kernels.arm_data(arm)
     args = settings.kernel_args()
+    out = (np.empty_like(q0), np.empty_like(x), np.empty(len(q0)))
     parts = min(threads or refine_threads(), len(q0) // PARALLEL_MIN)
     if parts <= 1:
-        return kernels.refine_kernel(kin, limits, args, q0, x)
+        kernels.refine_into(kin, limits, args, q0, x, out)
+        return out
     bounds = np.linspace(0, len(q0), parts + 1).astype(int)
-    jobs = [_pool(parts).submit(kernels.refine_kernel, kin, limits, args, q0[a:b], x[a:b])
+    jobs = [_pool(parts).submit(kernels.refine_into, kin, limits, args, q0[a:b], x[a:b],
+                                tuple(o[a:b] for o in out))
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    results = [job.result() for job in jobs]
-    return tuple(np.concatenate([r[i] for r in results]) for i in range(3))
+    for job in jobs:
+        job.result()
+    return out
 
 
 def residual_norm(arm: Arm, reached: np.ndarray, targets: np.ndarray) -> np.ndarray:

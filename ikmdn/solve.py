@@ -329,15 +329,16 @@ class IKSolver:
     def _fallback(self, x, mixture: Mixture, rng, threads, joints, positions, errors,
                   rotation_errors, within, distinct, weights, sigmas) -> np.ndarray:
         """For targets no candidate solves, put the best solving extra seed in the last slot (the
-        arrays, (N, K, ...), are changed in place); returns (N,) True where that happened."""
+        arrays, (N, K, ...), are changed in place; mixture is the network's, unsorted); returns
+        (N,) True where that happened."""
         arm = self.arm
         fallback = np.zeros(len(x), dtype=bool)
         rows = np.flatnonzero(~solved_mask(distinct, within, errors, rotation_errors,
                                            self.reach_tol).any(axis=1))
         if rows.size == 0:
             return fallback
-        q, reached, ok = self._extra_seeds(x[rows], Mixture(mixture.weights[rows], mixture.means[rows],
-                                                   mixture.sigmas[rows]), rng, threads)
+        subset = Mixture(mixture.weights[rows], mixture.means[rows], mixture.sigmas[rows])
+        q, reached, ok = self._extra_seeds(x[rows], subset.sorted_by_weight(), rng, threads)
         fix = rows[ok]
         # The slot of a merged duplicate if there is one (its weight is already 0), else the
         # lightest candidate, whose weight moves to the heaviest (slot 0, always distinct); with
@@ -367,10 +368,15 @@ class IKSolver:
         if mode == "best":
             return self._solve_best(x, do_refine, rng, near, threads)
         arm = self.arm
-        mixture: Mixture = self.model.predict(x).sorted_by_weight()
-        means = mixture.means.astype(np.float64)
-        weights = mixture.weights.astype(np.float64)
-        sigmas = mixture.sigmas.astype(np.float64)
+        mixture: Mixture = self.model.predict(x)
+        if do_refine:   # sorted heaviest first, in float64, in one compiled pass
+            from ikmdn.kernels import sorted_modes
+
+            weights, means, sigmas = sorted_modes(mixture.weights, mixture.means, mixture.sigmas)
+        else:
+            ordered = mixture.sorted_by_weight()
+            weights, means, sigmas = (a.astype(np.float64) for a in
+                                      (ordered.weights, ordered.means, ordered.sigmas))
         if near is not None and do_refine:  # the reference is one more seed, of weight 0
             means = np.concatenate([means, near[:, None]], axis=1)
             weights = np.concatenate([weights, np.zeros((len(x), 1))], axis=1)

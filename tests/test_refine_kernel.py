@@ -337,8 +337,8 @@ def test_compiled_kernel_is_cached_across_processes():
     code = ("import numpy as np\nfrom ikmdn import kernels\nfrom ikmdn.arms import get_arm\n"
             "from ikmdn.refine import refine\n"
             "refine(get_arm('planar2'), np.zeros((1, 2)), np.ones((1, 2)))\n"
-            "print(sum(kernels.refine_kernel.stats.cache_misses.values()),"
-            " sum(kernels.refine_kernel.stats.cache_hits.values()))\n")
+            "print(sum(kernels.refine_into.stats.cache_misses.values()),"
+            " sum(kernels.refine_into.stats.cache_hits.values()))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=120)
     misses, hits = map(int, out.stdout.split())

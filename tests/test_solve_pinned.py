@@ -126,3 +126,21 @@ def test_batches_in_parallel_change_nothing(mode, near):
     assert not a.reachable[::15].any()
     for key, value in a.arrays().items():
         np.testing.assert_array_equal(value, getattr(b, key), err_msg=key)
+
+
+def test_sorted_modes_equal_sorted_by_weight():
+    """The compiled sort of the refined path against Mixture.sorted_by_weight, ties included."""
+    from ikmdn.kernels import sorted_modes
+    from ikmdn.mixture import Mixture
+
+    rng = np.random.default_rng(8)
+    weights = rng.dirichlet(np.ones(5), 300).astype(np.float32)
+    weights[::7, 1] = weights[::7, 3]   # ties keep their order
+    weights[::11] = 0.2
+    mixture = Mixture(weights, rng.normal(size=(300, 5, 3)).astype(np.float32),
+                      rng.uniform(0.1, 1, (300, 5, 3)).astype(np.float32))
+    want = mixture.sorted_by_weight()
+    for got, value in zip(sorted_modes(mixture.weights, mixture.means, mixture.sigmas),
+                          (want.weights, want.means, want.sigmas), strict=True):
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, value.astype(np.float64))
