@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -30,11 +31,17 @@ def best_time(fn, repeats: int = 5) -> float:
     return min(call_times(fn, repeats))
 
 
+def load_average() -> float:
+    """The machine's 1-minute load average (report it beside every speed figure)."""
+    return os.getloadavg()[0]
+
+
 def write_results(path: Path, results: dict) -> None:
-    """Write results (plus the machine) as JSON, creating folders."""
+    """Write results (plus the machine and its load average now) as JSON, creating folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
     results = {"machine": {"cpu": platform.processor() or platform.machine(),
-                           "python": platform.python_version(), "numpy": np.__version__},
+                           "python": platform.python_version(), "numpy": np.__version__,
+                           "load_average": load_average()},
                **results}
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _common import MODELS, ROOT, best_time, write_results
+from _common import MODELS, ROOT, best_time, load_average, write_results
 
 from ikmdn.arms.closed_form import closed_form_ik
 from ikmdn.data import make_ik_dataset
@@ -49,6 +49,7 @@ def bench_arm(path: Path, threads: int, n_quality: int, n_speed: int) -> dict:
         "targets_per_s_unrefined": n_speed / raw_s,
         "closed_form_targets_per_s": n_speed / closed_s,
         "speed_of_light_ratio_refined": closed_s / refined_s,
+        "load_average": load_average(),
     })
     return result
 
@@ -71,17 +72,19 @@ def main() -> None:
               f"branches; best error <= 1e-9: {r['best_error_le_1e-9']:.4%}; unrefined best-mode "
               f"RMS {r['unrefined_best_mode_rms']:.2e}; refined {r['targets_per_s_refined']:,.0f}/s, "
               f"unrefined {r['targets_per_s_unrefined']:,.0f}/s, closed form "
-              f"{r['closed_form_targets_per_s']:,.0f}/s (ratio {r['speed_of_light_ratio_refined']:.3f})",
+              f"{r['closed_form_targets_per_s']:,.0f}/s (ratio {r['speed_of_light_ratio_refined']:.3f}, "
+              f"load {r['load_average']:.2f})",
               flush=True)
     write_results(args.out, {"bench": "solve", "threads": args.threads, "arms": rows})
     print("\n| arm | K | coverage | best error <= 1e-9 | unrefined best-mode RMS | solutions/target "
-          "| refined targets/s | unrefined targets/s | closed form targets/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| refined targets/s | unrefined targets/s | closed form targets/s | ratio | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for arm, r in rows.items():
         print(f"| {arm} | {r['components']} | {r['coverage']:.2%} | {r['best_error_le_1e-9']:.2%} "
               f"| {r['unrefined_best_mode_rms']:.2e} | {r['distinct_solutions_per_target']:.2f} "
               f"| {r['targets_per_s_refined']:,.0f} | {r['targets_per_s_unrefined']:,.0f} "
-              f"| {r['closed_form_targets_per_s']:,.0f} | {r['speed_of_light_ratio_refined']:.3f} |")
+              f"| {r['closed_form_targets_per_s']:,.0f} | {r['speed_of_light_ratio_refined']:.3f} "
+              f"| {r['load_average']:.2f} |")
 
 
 if __name__ == "__main__":
