@@ -187,7 +187,8 @@ class IKSolver:
                  seed: int = 0, threads: int | None = None):
         """fallback_seeds: extra seeds tried for targets no mode solves (None: 0 for planar arms,
         64 for spatial chains), half drawn around the modes, half uniformly within the limits.
-        threads: refinement threads (None: `ikmdn.refine.refine_threads()`)."""
+        threads: refinement threads (None: `ikmdn.refine.refine_threads()`); a solve() of more
+        than batch_size targets shares them between two batches in flight."""
         if threads is not None and threads < 1:
             raise IKMDNError(f"threads must be a positive integer, got {threads}")
         self.model = model
