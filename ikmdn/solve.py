@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +110,20 @@ class Solutions:
                 if isinstance(getattr(self, f.name), np.ndarray)}
 
     @staticmethod
-    def concatenate(parts: list[Solutions]) -> Solutions:
-        """Join per-batch results along N."""
-        first = parts[0]
-        joined = {name: np.concatenate([getattr(p, name) for p in parts])
-                  for name in first.arrays()}
+    def concatenate(parts: Iterable[Solutions], n: int | None = None) -> Solutions:
+        """Join per-batch results along N. Given n, their total length, parts may be an iterator:
+        each is copied into place as it comes (while later batches are still being solved)."""
+        if n is None:
+            parts = list(parts)
+            n = sum(len(p) for p in parts)
+        parts = iter(parts)
+        first = next(parts)
+        joined = {name: np.empty((n, *a.shape[1:]), a.dtype) for name, a in first.arrays().items()}
+        at = 0
+        for part in chain([first], parts):
+            for name, a in joined.items():
+                a[at:at + len(part)] = getattr(part, name)
+            at += len(part)
         return replace(first, **joined)
 
     def take(self, rows: np.ndarray) -> Solutions:
@@ -264,10 +275,10 @@ class IKSolver:
                                      max(1, threads // workers))
 
         if workers == 1:
-            return Solutions.concatenate([batch(s) for s in starts])
+            return Solutions.concatenate(map(batch, starts), len(x))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="ikmdn-batch")
         try:
-            return Solutions.concatenate(list(pool.map(batch, starts)))
+            return Solutions.concatenate(pool.map(batch, starts), len(x))
         finally:
             pool.shutdown(cancel_futures=True)
 
