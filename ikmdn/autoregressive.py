@@ -10,12 +10,15 @@ the true earlier joints, so one pass scores the exact log-likelihood. A forward 
 search over the factors' components (beam width B = config.components) and returns the B
 surviving joint vectors as the candidates, with the same contract as the MDN's forward:
 
-    weights (N, B): softmax of the beam scores (sum of log w - log sigma over the chosen
-                    components: the log density at the chosen means, up to a constant),
+    weights (N, B): softmax of the beam scores, the log probabilities of the chosen component
+                    paths (sum of the chosen components' log weights),
     means   (N, B, c): the candidates in physical units, joints in the arm's order,
     sigmas  (N, B, c): the chosen components' spreads.
 
-The beam search is a fixed unrolled graph (TopK with static k), so it exports to ONNX as is.
+At each step a component whose mean lies within the spread of a heavier component of the same
+factor (the same mode, split in two) is dropped, so the beam spends its slots on distinct joint
+values. The beam search is a fixed unrolled graph (TopK with static k), so it exports to ONNX as
+is.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch import nn
 from ikmdn.mdn import ACTIVATIONS, ConditionalDensity, MDNConfig
 
 JOINT_FEATURES = 3  # each earlier joint enters a factor as (cos q, sin q, standardised q)
+DROPPED = -1e4      # the log weight of a duplicate component: kept only if nothing else is left
 
 
 class StackedLayers(nn.Module):
@@ -126,6 +130,23 @@ class AutoregressiveMixture(ConditionalDensity):
         return (F.log_softmax(out[..., :m], dim=-1), out[..., m:2 * m],
                 F.softplus(out[..., 2 * m:]) + self.config.sigma_floor)
 
+    @staticmethod
+    def _drop_duplicates(log_weights: torch.Tensor, means: torch.Tensor, sigmas: torch.Tensor,
+                         periodic: torch.Tensor) -> torch.Tensor:
+        """log_weights (..., M) plus DROPPED for each component that another component of the same
+        factor covers: means within the larger of their spreads (standardised units; periodic
+        joints modulo 2 pi) and a larger weight (ties: the lower index). Two components of one
+        mode would otherwise fill two beam slots with the same joint value."""
+        m = log_weights.shape[-1]
+        diff = means[..., :, None] - means[..., None, :]
+        wrapped = torch.remainder(diff + math.pi, 2 * math.pi) - math.pi
+        diff = torch.where(periodic, wrapped, diff).abs()
+        same = diff <= torch.maximum(sigmas[..., :, None], sigmas[..., None, :])
+        index = torch.arange(m, device=means.device)
+        heavier = (log_weights[..., None, :] > log_weights[..., :, None]) | (
+            (log_weights[..., None, :] == log_weights[..., :, None]) & (index[None, :] < index[:, None]))
+        return log_weights + DROPPED * (same & heavier).any(-1).to(log_weights.dtype)
+
     def _contexts(self, x: torch.Tensor) -> torch.Tensor:
         """(N, c, H) the per-factor contexts of targets x (N, in_dim)."""
         c = self.config.output_dim
@@ -164,7 +185,7 @@ class AutoregressiveMixture(ConditionalDensity):
 
     def _beam(self, x: torch.Tensor, margins: bool):
         c, m, beam = self.config.output_dim, self.config.factor_components, self.config.components
-        mean, std, _ = self._ordered_stats()
+        mean, std, periodic = self._ordered_stats()
         contexts = self._contexts(x)                                       # (N, c, H)
         n = contexts.shape[0]
         scores = contexts.new_zeros(n, 1)                                  # (N, b)
@@ -175,7 +196,8 @@ class AutoregressiveMixture(ConditionalDensity):
             first = self._first_layer(contexts[:, j:j + 1], values, mean, std, j)   # (N, b, H)
             out = self.factors.factor(j, first.reshape(n * b, -1)).reshape(n, b, 3 * m)
             log_weights, means, sigmas = self._head(out)                   # (N, b, M)
-            candidates = (scores[..., None] + log_weights - torch.log(sigmas)).reshape(n, b * m)
+            log_weights = self._drop_duplicates(log_weights, means, sigmas, periodic[j])
+            candidates = (scores[..., None] + log_weights).reshape(n, b * m)
             k = min(beam, b * m)
             if margins:
                 top = torch.topk(candidates, min(k + 1, b * m), dim=1).values

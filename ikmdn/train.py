@@ -165,7 +165,7 @@ class TrainConfig:
             raise IKMDNError(f"the network (--hidden {','.join(map(str, self.hidden))}, --components "
                              f"{self.components}) would have about {parameters:,} weights; at most "
                              f"{MAX_PARAMETERS:,} are allowed")
-        rows = max(self.batch_size, validation_size(self))
+        rows = max(self.batch_size, min(validation_size(self), VALIDATION_CHUNK))
         activations = rows * (sum(self.hidden) + outputs + units)
         if activations > MAX_ACTIVATIONS:
             raise IKMDNError(f"{rows:,} rows per forward pass (--batch-size, or the validation "
@@ -281,6 +281,7 @@ class EpochRecord:
 ProgressCallback = Callable[[EpochRecord], None]
 LAST_NAME = "last.pt"
 MAX_VALIDATION = 50_000
+VALIDATION_CHUNK = 8192   # validation rows per forward pass
 
 
 def validation_size(config: TrainConfig) -> int:
@@ -374,12 +375,16 @@ class Trainer:
         return self.model.loss(x[idx], y[idx])
 
     def _validate(self) -> float:
+        """Validation NLL, VALIDATION_CHUNK rows per forward pass (bounded memory)."""
         self.model.eval()
+        chunks = [slice(a, a + VALIDATION_CHUNK) for a in range(0, len(self.xv), VALIDATION_CHUNK)]
         with torch.no_grad():
             if self.config.kind == "least_squares":
-                residual = self.model(self.xv)[1][:, 0] - self.yv
+                residual = torch.cat([self.model(self.xv[c])[1][:, 0] - self.yv[c] for c in chunks])
                 self.model.fixed_sigma.copy_(residual.pow(2).mean(0).sqrt().clamp_min(1e-8))
-            return float(self.model.nll(self.xv, self.yv))
+            total = sum(float(self.model.nll(self.xv[c], self.yv[c])) * len(self.xv[c])
+                        for c in chunks)
+        return total / len(self.xv)
 
     def fit(self, on_epoch: ProgressCallback | None = None,
             on_best: Callable[[MDN, EpochRecord], None] | None = None,

@@ -241,7 +241,8 @@ def test_last_pt_is_written_before_the_progress_callback(tmp_path):
     (["--epochs", "10001"], ["epochs (--epochs)", "1 to 10,000"]),
     (["--samples", "2000", "--batch-size", "5000"], ["batch_size (--batch-size) 5,000",
                                                      "larger than samples"]),
-    (["--samples", "1000000", "--hidden", "8192"], ["50,000 rows", "activations", "--hidden"]),
+    (["--samples", "1000000", "--hidden", ",".join(["2100"] * 16)],
+     ["8,192 rows", "activations", "--hidden"]),   # validation runs in chunks of 8,192 rows
 ])
 def test_train_sizes_are_capped(tmp_path, args, fragments):
     out = tmp_path / "run"
