@@ -117,8 +117,7 @@ def evaluation_bytes(samples: int, solvers) -> int:
 
 
 def _kind_label(evaluation: Evaluation) -> str:
-    m = evaluation.metrics["model"]
-    return "least squares" if m["kind"] == "least_squares" else f"MDN (K={m['components']})"
+    return _model_name(evaluation.metrics["model"])
 
 
 class EvaluationJob:
@@ -395,7 +394,12 @@ def _error_rows(label: str, errors: dict, orientation: bool) -> list[str]:
 
 
 def _model_name(model: dict) -> str:
-    return "least squares" if model["kind"] == "least_squares" else f"MDN (K={model['components']})"
+    """least squares, MDN (K=8) or autoregressive (beam 32)."""
+    if model["kind"] == "least_squares":
+        return "least squares"
+    if model["kind"] == "autoregressive":
+        return f"autoregressive (beam {model['components']})"
+    return f"MDN (K={model['components']})"
 
 
 def markdown_report(metrics: dict[str, Any]) -> str:

@@ -53,7 +53,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ikmdn.arms import Arm
 from ikmdn.checkpoint import CHECKPOINT_NAME, Checkpoint, read_resume_state, restore_trainer
-from ikmdn.cli._base import SEED, THREADS, hidden_widths, positive
+from ikmdn.cli._base import SEED, THREADS, hidden_widths, joint_order_list, positive
 from ikmdn.cli.arm_options import arm_options, chosen_arm
 from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError
@@ -411,6 +411,10 @@ def _rank() -> int:
 @click.option("--hidden", callback=hidden_widths, help="Hidden widths, e.g. 128,128,128.")
 @click.option("--seed", type=SEED,
               help="Seed for data, initialisation, shuffling.")
+@click.option("--model", "kind", type=click.Choice(["mdn", "autoregressive"]),
+              help="Model kind, as ikmdn train --model [default: by the arm, as ikmdn train].")
+@click.option("--joint-order", callback=joint_order_list,
+              help="Factor order of an autoregressive model [default: found by rank 0].")
 @click.option("--device", help="cpu, or cuda (rank r uses cuda:LOCAL_RANK) [default: cpu].")
 @click.option("--backend", type=click.Choice(BACKENDS),
               help="torch.distributed backend [default: nccl for cuda, gloo for cpu].")
@@ -420,8 +424,8 @@ def _rank() -> int:
 @click.option("--resume", is_flag=True, help="Continue the run in --out (same number of processes).")
 @click.pass_context
 def main(ctx, arm_name, urdf, tip, base, tool, lock, name, out_dir, samples, components, epochs,
-         batch_size, lr, hidden, seed, device, backend, threads, force, resume):
-    """Train an MDN with DistributedDataParallel; start it with torchrun.
+         batch_size, lr, hidden, seed, kind, joint_order, device, backend, threads, force, resume):
+    """Train a model with DistributedDataParallel; start it with torchrun.
 
     Example: torchrun --nproc-per-node 2 -m ikmdn.train_distributed --arm bishop --out runs/ddp
     """
@@ -431,6 +435,7 @@ def main(ctx, arm_name, urdf, tip, base, tool, lock, name, out_dir, samples, com
                                               ("--samples", samples), ("--components", components),
                                               ("--epochs", epochs), ("--batch-size", batch_size),
                                               ("--lr", lr), ("--hidden", hidden), ("--seed", seed),
+                                              ("--model", kind), ("--joint-order", joint_order),
                                               ("--device", device)) if value is not None]
         if given:
             raise click.UsageError(f"--resume continues with the run's own settings; drop "
@@ -440,7 +445,7 @@ def main(ctx, arm_name, urdf, tip, base, tool, lock, name, out_dir, samples, com
             arm = chosen_arm(arm_name, urdf, tip, base, tool, lock, name)
             config = default_config(arm, samples=samples, components=components, epochs=epochs,
                                     batch_size=batch_size, lr=lr, hidden=hidden, seed=seed,
-                                    device=device)
+                                    device=device, kind=kind, joint_order=joint_order)
         first = _rank() == 0
 
         def report(r: EpochRecord) -> None:

@@ -198,6 +198,20 @@ def test_one_rank_is_the_single_process_run_and_two_see_more(two_ranks, tmp_path
     assert two.metrics["val_nll"] < single.metrics["val_nll"] + 0.05
 
 
+def test_two_ranks_train_an_autoregressive_model_in_rank0s_order(tmp_path):
+    """Rank 0 finds the joint order and every rank trains the same factors with it."""
+    from ikmdn.joint_order import find_joint_order
+
+    out = tmp_path / "ar"
+    run_ranks(tmp_path, out, "cli", args=["--arm", "planar3", "--model", "autoregressive",
+                                          "--samples", "1024", "--epochs", "1", "--hidden", "16",
+                                          "--components", "4", "--batch-size", "128"])
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.model.config.kind == "autoregressive"
+    assert checkpoint.config.joint_order == find_joint_order(checkpoint.arm, checkpoint.config.seed)
+    assert checkpoint.model.config.joint_order == checkpoint.config.joint_order
+
+
 def test_rank_streams():
     from ikmdn.arms import get_arm
     from ikmdn.data import ArmStream
