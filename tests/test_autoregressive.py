@@ -229,3 +229,18 @@ def test_cli_refuses_bad_orders(tmp_path, args, fragment):
                     "--out", str(tmp_path / "r"))
     assert result.exit_code == 2 and fragment in result.output, result.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("arm_name, kind", [("ur5", "autoregressive"), ("planar2", "mdn")])
+def test_losses_trace_as_one_graph(arm_name, kind):
+    """torch.compile sees each loss as one graph: no data-dependent Python branch."""
+    from ikmdn.train import build_model
+
+    config = default_config(arm_name, kind=kind, hidden=(16,), components=4,
+                            **({"factor_hidden": (8,)} if kind == "autoregressive" else {}))
+    model = build_model(config.build_arm(), config)
+    data = make_ik_dataset(config.build_arm(), 64, 0)
+    model.set_normalization(data.inputs, data.outputs)
+    x, y = (torch.tensor(a, dtype=torch.float32) for a in (data.inputs, data.outputs))
+    explained = torch._dynamo.explain(model.loss)(x, y)
+    assert explained.graph_break_count == 0, explained.break_reasons
