@@ -261,9 +261,11 @@ class IKSolver:
             return self._solve_batch(x, refine, np.random.default_rng([self.seed, 0]), mode, ref,
                                      self.threads)
         # Two batches at a time, sharing the threads: one's serial bookkeeping overlaps the
-        # other's inference and refinement. Fallback seeds are drawn per batch from (seed, first
-        # row): results do not depend on the split, nor on how a caller splits its targets into
-        # solve() calls of batch_size rows.
+        # other's inference and refinement. Each batch is computed as it would be alone (fallback
+        # seeds are drawn per batch from (seed, first row)), so results are those of one batch
+        # after another, and the seeds do not depend on how a caller splits its targets into
+        # solve() calls of batch_size rows. (The network's outputs can differ in the last bits
+        # with the number of rows per onnxruntime call, so batch_size itself is not free.)
         starts = range(0, len(x), self.batch_size)
         threads = self.threads or refine_threads()
         workers = min(BATCH_WORKERS, threads, len(starts))
