@@ -15,10 +15,9 @@ surviving joint vectors as the candidates, with the same contract as the MDN's f
     means   (N, B, c): the candidates in physical units, joints in the arm's order,
     sigmas  (N, B, c): the chosen components' spreads.
 
-At each step a component whose mean lies within the spread of a heavier component of the same
-factor (the same mode, split in two) is dropped, so the beam spends its slots on distinct joint
-values. The beam search is a fixed unrolled graph (TopK with static k), so it exports to ONNX as
-is.
+The beam search is a fixed unrolled graph (TopK with static k), so it exports to ONNX as is.
+Scores are continuous in the network's outputs, so PyTorch and ONNX Runtime keep the same beams
+except where two scores tie within float rounding (see beam_margins).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from torch import nn
 from ikmdn.mdn import ACTIVATIONS, ConditionalDensity, MDNConfig
 
 JOINT_FEATURES = 3  # each earlier joint enters a factor as (cos q, sin q, standardised q)
-DROPPED = -1e4      # the log weight of a duplicate component: kept only if nothing else is left
 
 
 class StackedLayers(nn.Module):
@@ -130,23 +128,6 @@ class AutoregressiveMixture(ConditionalDensity):
         return (F.log_softmax(out[..., :m], dim=-1), out[..., m:2 * m],
                 F.softplus(out[..., 2 * m:]) + self.config.sigma_floor)
 
-    @staticmethod
-    def _drop_duplicates(log_weights: torch.Tensor, means: torch.Tensor, sigmas: torch.Tensor,
-                         periodic: torch.Tensor) -> torch.Tensor:
-        """log_weights (..., M) plus DROPPED for each component that another component of the same
-        factor covers: means within the larger of their spreads (standardised units; periodic
-        joints modulo 2 pi) and a larger weight (ties: the lower index). Two components of one
-        mode would otherwise fill two beam slots with the same joint value."""
-        m = log_weights.shape[-1]
-        diff = means[..., :, None] - means[..., None, :]
-        wrapped = torch.remainder(diff + math.pi, 2 * math.pi) - math.pi
-        diff = torch.where(periodic, wrapped, diff).abs()
-        same = diff <= torch.maximum(sigmas[..., :, None], sigmas[..., None, :])
-        index = torch.arange(m, device=means.device)
-        heavier = (log_weights[..., None, :] > log_weights[..., :, None]) | (
-            (log_weights[..., None, :] == log_weights[..., :, None]) & (index[None, :] < index[:, None]))
-        return log_weights + DROPPED * (same & heavier).any(-1).to(log_weights.dtype)
-
     def _contexts(self, x: torch.Tensor) -> torch.Tensor:
         """(N, c, H) the per-factor contexts of targets x (N, in_dim)."""
         c = self.config.output_dim
@@ -178,14 +159,14 @@ class AutoregressiveMixture(ConditionalDensity):
 
     @torch.no_grad()
     def beam_margins(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,) the smallest gap between neighbouring scores among each step's kept candidates and
-        the best dropped one: where it is at float rounding level, another runtime may keep or
-        order the beams differently (export parity allows that, see ikmdn.export)."""
+        """(N,) the smallest gap (nats) between neighbouring scores among each step's kept
+        candidates and the best dropped one: where it is at float rounding level, another runtime
+        may keep or order the beams differently (export parity allows that, see ikmdn.export)."""
         return self._beam(x, margins=True)[3]
 
     def _beam(self, x: torch.Tensor, margins: bool):
         c, m, beam = self.config.output_dim, self.config.factor_components, self.config.components
-        mean, std, periodic = self._ordered_stats()
+        mean, std, _ = self._ordered_stats()
         contexts = self._contexts(x)                                       # (N, c, H)
         n = contexts.shape[0]
         scores = contexts.new_zeros(n, 1)                                  # (N, b)
@@ -196,7 +177,6 @@ class AutoregressiveMixture(ConditionalDensity):
             first = self._first_layer(contexts[:, j:j + 1], values, mean, std, j)   # (N, b, H)
             out = self.factors.factor(j, first.reshape(n * b, -1)).reshape(n, b, 3 * m)
             log_weights, means, sigmas = self._head(out)                   # (N, b, M)
-            log_weights = self._drop_duplicates(log_weights, means, sigmas, periodic[j])
             candidates = (scores[..., None] + log_weights).reshape(n, b * m)
             k = min(beam, b * m)
             if margins:

@@ -28,7 +28,6 @@ import numpy as np
 
 from ikmdn.arms import Arm
 from ikmdn.arms.base import wrap_angle
-from ikmdn.errors import IKMDNError
 from ikmdn.refine import default_settings
 
 SAME = 1e-3   # rad (or m): two solutions' joint values closer than this are the same value
@@ -104,10 +103,7 @@ def _greedy(sets: list[np.ndarray], placed: list[int], remaining: list[int]) -> 
 
 def find_joint_order(arm: Arm, seed: int, search: OrderSearch = OrderSearch()) -> tuple[int, ...]:
     """The joint order of an autoregressive model for arm (see the module docstring)."""
-    free = arm.dof - arm.residual_dim
-    if free < 0:
-        raise IKMDNError(f"arm {arm.name!r} has {arm.dof} joints for a {arm.residual_dim}-D "
-                         "target; the joint order search needs at least as many joints")
+    free = max(0, arm.dof - arm.residual_dim)  # fewer joints than residual rows: none is free
     rng = np.random.default_rng(seed)
     q_true = arm.sample_joints(search.poses, rng)
     best: tuple[list[int], float] | None = None

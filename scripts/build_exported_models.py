@@ -158,10 +158,10 @@ def write_readme() -> None:
         "closed form for panda, a redundant 7-joint arm).",
         "",
         *NOTES,
-        "| arm | format | K | samples per epoch | epochs | train time | validation NLL "
-        "| best-mode RMS raw | best RMS refined | solved | coverage | LM phases | network | size "
-        "| sha256 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | model | format | K | samples per epoch | epochs | train time | validation NLL "
+        "| best-mode RMS raw | min-over-modes RMS raw | best RMS refined | solved | coverage "
+        "| LM phases | network | size | sha256 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(MODELS.glob("*.onnx")):
         data = path.read_bytes()
@@ -171,10 +171,12 @@ def write_readme() -> None:
         digest = hashlib.sha256(data).hexdigest()
         phases = "+".join(str(p) for p in model.phases) if model.phases else "-"
         network = len(format1_bytes(data)) if model.format == 2 else len(data)
+        kind = c.get("kind", "mdn")
         lines.append(
-            f"| {model.arm.name} | {model.format} | {model.components} | {c['samples']:,} | {c['epochs']} "
+            f"| {model.arm.name} | {'MDN' if kind == 'mdn' else kind} | {model.format} "
+            f"| {model.components} | {c['samples']:,} | {c['epochs']} "
             f"| {m['train_seconds'] / 60:.1f} min | {m['val_nll']:.3f} | {m['best_mode_rms']:.2e} "
-            f"| {refined:.1e} | {m.get('solved', float('nan')):.2%} "
+            f"| {m['min_over_modes_rms']:.2e} | {refined:.1e} | {m.get('solved', float('nan')):.2%} "
             f"| {'n/a' if cov is None else format(cov, '.2%')} | {phases} "
             f"| {network / 1024:.0f} KiB | {len(data) / 1024:.0f} KiB "
             f"| `{digest[:16]}` |")

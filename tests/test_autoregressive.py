@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import special, stats
 
 from ikmdn.arms import get_arm
-from ikmdn.autoregressive import DROPPED, AutoregressiveMixture, wrapped_mixture_log_prob
+from ikmdn.autoregressive import AutoregressiveMixture, wrapped_mixture_log_prob
 from ikmdn.data import make_ik_dataset
 from ikmdn.errors import IKMDNError
 from ikmdn.joint_order import find_joint_order
@@ -73,11 +73,10 @@ def test_density_integrates_to_one():
 
 
 def _enumerate(model: AutoregressiveMixture, x: torch.Tensor):
-    """All joint combinations of factor means for one target x (1, in), scored one by one:
-    the sum of the chosen log weights, DROPPED for a component whose mean lies within the larger
-    spread of a heavier one of the same factor. Returns [(score, joints, spreads)], best first."""
+    """All joint combinations of factor means for one target x (1, in), scored one by one by
+    the sum of the chosen log weights. Returns [(score, joints, spreads)], best first."""
     c, m = model.config.output_dim, model.config.factor_components
-    mean, std, periodic = model._ordered_stats()
+    mean, std, _ = model._ordered_stats()
     contexts = model._contexts(x)
     rows = []
     for combo in itertools.product(range(m), repeat=c):
@@ -85,14 +84,6 @@ def _enumerate(model: AutoregressiveMixture, x: torch.Tensor):
         for j, comp in enumerate(combo):
             first = model._first_layer(contexts[:, j], values, mean, std, j)
             log_w, mu, sigma = (t[0].numpy() for t in model._head(model.factors.factor(j, first)))
-            for other in range(m):
-                d = abs(mu[other] - mu[comp])
-                if periodic[j]:
-                    d = min(d % (2 * np.pi), 2 * np.pi - d % (2 * np.pi))
-                heavier = log_w[other] > log_w[comp] or (log_w[other] == log_w[comp] and other < comp)
-                if other != comp and d <= max(sigma[other], sigma[comp]) and heavier:
-                    score += DROPPED
-                    break
             score += float(log_w[comp])
             values = torch.cat([values, torch.tensor([[mu[comp] * float(std[j]) + float(mean[j])]],
                                                      dtype=x.dtype)], 1)
@@ -108,9 +99,6 @@ def test_beam_search_matches_enumeration(beam):
     the best `beam` of all 9 combinations, in score order, with softmax(score) weights."""
     model = _model("planar2", components=beam, order=(1, 0))
     x = torch.tensor([[0.6, 0.5]], dtype=torch.float64)
-    with torch.no_grad():  # two components of the first factor share a mode: one is dropped
-        model.factors.biases[-1][0, 0, 3:5] = torch.tensor([40.0, 40.05], dtype=torch.float64)
-        model.factors.weights[-1][0, :, 3:5] = 0.0
     with torch.no_grad():
         weights, means, sigmas = model(x)
         rows = _enumerate(model, x)[:beam]

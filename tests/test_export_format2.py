@@ -352,12 +352,12 @@ def test_refine_check_of_shipped_models():
     joints are reported, not bounded."""
     from ikmdn.export import refine_check
 
-    for name, redundant in (("planar3", False), ("panda", True)):
+    for name, redundant in (("planar3", False), ("ur5", False), ("panda", True)):
         check = refine_check(OnnxModel(SHIPPED / f"{name}.onnx"), n=32)
         assert check.ok and check.redundant == redundant, (name, check.summary())
         assert check.agreement >= AGREEMENT
         if not redundant:
-            assert check.joints_max <= JOINT_TOL
+            assert check.joints_agreement == 1.0 and check.joints_max <= JOINT_TOL
 
 
 def test_format2_export_is_deterministic():
