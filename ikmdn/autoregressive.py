@@ -107,11 +107,14 @@ class AutoregressiveMixture(ConditionalDensity):
         """(mean (c,), std (c,), periodic (c,)) of the joints in factor order."""
         return self.out_mean[self.order], self.out_std[self.order], self.periodic[self.order]
 
-    @staticmethod
-    def _joint_features(values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """(..., j * 3) features of joint values (..., j) in physical units."""
-        z = (values - mean) / std
-        return torch.stack([torch.cos(values), torch.sin(values), z], dim=-1).flatten(-2)
+    def _joint_features(self, values: torch.Tensor, mean: torch.Tensor,
+                        std: torch.Tensor) -> torch.Tensor:
+        """(..., j * 3) features of joint values (..., j) in physical units: (cos q, sin q,
+        standardised q) joint by joint (one concatenation and one constant gather)."""
+        j = values.shape[-1]
+        blocks = torch.cat([torch.cos(values), torch.sin(values), (values - mean) / std], dim=-1)
+        order = [i + f * j for i in range(j) for f in range(JOINT_FEATURES)]
+        return blocks.index_select(-1, torch.tensor(order, device=values.device))
 
     def _first_layer(self, context: torch.Tensor, values: torch.Tensor, mean: torch.Tensor,
                      std: torch.Tensor, j: int) -> torch.Tensor:
@@ -168,29 +171,31 @@ class AutoregressiveMixture(ConditionalDensity):
         c, m, beam = self.config.output_dim, self.config.factor_components, self.config.components
         mean, std, _ = self._ordered_stats()
         contexts = self._contexts(x)                                       # (N, c, H)
-        n = contexts.shape[0]
-        scores = contexts.new_zeros(n, 1)                                  # (N, b)
-        values = spreads = contexts.new_zeros(n, 1, 0)                     # (N, b, j) physical
-        gap = contexts.new_full((n,), math.inf)
+        # b (beams so far) is a Python int and reshapes say -1 for N: the exported graph carries
+        # no shape arithmetic, which dominates a single pose's inference
+        scores = torch.zeros_like(contexts[:, 0, :1])                      # (N, b)
+        values = spreads = contexts[:, :1, :0]                             # (N, b, j) physical
+        gap = torch.full_like(contexts[:, 0, 0], math.inf)
+        b = 1
         for j in range(c):
-            b = scores.shape[1]
             first = self._first_layer(contexts[:, j:j + 1], values, mean, std, j)   # (N, b, H)
-            out = self.factors.factor(j, first.reshape(n * b, -1)).reshape(n, b, 3 * m)
+            out = self.factors.factor(j, first.reshape(-1, first.shape[-1])).reshape(-1, b, 3 * m)
             log_weights, means, sigmas = self._head(out)                   # (N, b, M)
-            candidates = (scores[..., None] + log_weights).reshape(n, b * m)
+            candidates = (scores[..., None] + log_weights).reshape(-1, b * m)
             k = min(beam, b * m)
             if margins:
                 top = torch.topk(candidates, min(k + 1, b * m), dim=1).values
                 gap = torch.minimum(gap, (top[:, :-1] - top[:, 1:]).min(1).values
                                     if top.shape[1] > 1 else gap)
             scores, pick = torch.topk(candidates, k, dim=1)
-            chosen = (means.reshape(n, b * m).gather(1, pick) * std[j] + mean[j])[..., None]
-            spread = (sigmas.reshape(n, b * m).gather(1, pick) * std[j])[..., None]
+            pick = pick[..., None]                                          # (N, k, 1)
+            chosen = means.reshape(-1, b * m, 1).gather(1, pick) * std[j] + mean[j]
+            spread = sigmas.reshape(-1, b * m, 1).gather(1, pick) * std[j]
             if j:
-                keep = torch.div(pick, m, rounding_mode="floor")[..., None].expand(-1, -1, j)
+                keep = torch.div(pick, m, rounding_mode="floor").expand(-1, -1, j)
                 chosen = torch.cat([values.gather(1, keep), chosen], dim=-1)
                 spread = torch.cat([spreads.gather(1, keep), spread], dim=-1)
-            values, spreads = chosen, spread
+            values, spreads, b = chosen, spread, k
         return (torch.softmax(scores, dim=1), values[..., self.inverse_order],
                 spreads[..., self.inverse_order], gap)
 

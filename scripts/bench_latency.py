@@ -3,7 +3,7 @@ side by side with roboticstoolbox-python's C++ Levenberg-Marquardt (`ik_LM`) in 
 
     pip install -e '.[bench]'      # roboticstoolbox-python, for the peer solver
     python scripts/bench_latency.py [--arms ur5,panda] [--poses 1000] [--single 500]
-                                    [--baseline-commit 6ded1e5]
+                                    [--baseline-commit 6ded1e5] [--models DIR] [--suffix -mdn]
 
 Same kinematics: the peer is a roboticstoolbox DHRobot built from the DH table of ikmdn's preset
 (UR5; Panda to the flange), checked to agree with ikmdn's forward kinematics first. A pose is
@@ -306,6 +306,11 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline-commit", default="6ded1e5")
+    parser.add_argument("--models", type=Path, default=MODELS,
+                        help="folder of <arm><suffix>.onnx files [default: the shipped models]")
+    parser.add_argument("--suffix", default="",
+                        help="file name suffix, e.g. -mdn for the shipped ur5-mdn.onnx and "
+                             "panda-mdn.onnx [default: none, the autoregressive ur5.onnx, panda.onnx]")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "latency.json")
     args = parser.parse_args()
     args_commit = args.baseline_commit
@@ -317,7 +322,7 @@ def main() -> None:
     results = {}
     for name in args.arms.split(","):
         rng = np.random.default_rng(11)
-        solver = IKSolver.load(MODELS / f"{name}.onnx")
+        solver = IKSolver.load(args.models / f"{name}{args.suffix}.onnx")
         arm = solver.arm
         ets = peer_robot(name)
         out = {"fk_agreement": check_fk(arm, ets, rng)}
