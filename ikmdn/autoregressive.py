@@ -116,6 +116,16 @@ class AutoregressiveMixture(ConditionalDensity):
         order = [i + f * j for i in range(j) for f in range(JOINT_FEATURES)]
         return blocks.index_select(-1, torch.tensor(order, device=values.device))
 
+    def _physical(self, z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                  j: int) -> torch.Tensor:
+        """Factor j's standardised values z in physical units; a periodic joint's wrapped into
+        [-pi, pi), the range its value had in training when later factors see it (a mixture
+        mean may lie a turn away)."""
+        q = z * std[j] + mean[j]
+        if self.config.periodic_outputs[self.config.joint_order[j]]:
+            q = torch.remainder(q + math.pi, 2 * math.pi) - math.pi
+        return q
+
     def _first_layer(self, context: torch.Tensor, values: torch.Tensor, mean: torch.Tensor,
                      std: torch.Tensor, j: int) -> torch.Tensor:
         """Factor j's first-layer pre-activation (..., H): its context (..., H) plus the map of
@@ -189,7 +199,7 @@ class AutoregressiveMixture(ConditionalDensity):
                                     if top.shape[1] > 1 else gap)
             scores, pick = torch.topk(candidates, k, dim=1)
             pick = pick[..., None]                                          # (N, k, 1)
-            chosen = means.reshape(-1, b * m, 1).gather(1, pick) * std[j] + mean[j]
+            chosen = self._physical(means.reshape(-1, b * m, 1).gather(1, pick), mean, std, j)
             spread = sigmas.reshape(-1, b * m, 1).gather(1, pick) * std[j]
             if j:
                 keep = torch.div(pick, m, rounding_mode="floor").expand(-1, -1, j)
@@ -213,5 +223,5 @@ class AutoregressiveMixture(ConditionalDensity):
             idx = torch.multinomial(log_weights.exp(), 1, generator=generator)
             draw = means.gather(1, idx) + sigmas.gather(1, idx) * torch.randn(
                 n, 1, generator=generator, dtype=means.dtype)
-            values = torch.cat([values, draw * std[j] + mean[j]], dim=1)
+            values = torch.cat([values, self._physical(draw, mean, std, j)], dim=1)
         return values[:, self.inverse_order]

@@ -34,7 +34,7 @@ from ikmdn.arms.base import as_batch
 from ikmdn.errors import IKMDNError
 from ikmdn.mdn import ConditionalDensity, MDNConfig
 from ikmdn.mixture import Mixture
-from ikmdn.network import build_network
+from ikmdn.network import build_network, config_buffers
 from ikmdn.outdir import write_atomically
 from ikmdn.untrusted import MAX_COMPONENTS, parse_json, short
 
@@ -162,7 +162,9 @@ def _whole(value: Any, lo: int, hi: int) -> bool:
 
 
 def check_state_dict(state: Any, config: MDNConfig, what: str) -> None:
-    """state must hold exactly the tensors of build_network(config): same names, shapes and dtypes, finite.
+    """state must hold exactly the tensors of build_network(config): same names, shapes and
+    dtypes, finite, and the buffers that follow from the config (network.CONFIG_BUFFERS: joint
+    order, masks, periodic and angular flags) equal to the config's.
 
     The expected shapes come from a model built on the meta device (no memory), so a config that
     asks for a huge network costs nothing until it is known to match tensors the file really holds.
@@ -188,6 +190,10 @@ def check_state_dict(state: Any, config: MDNConfig, what: str) -> None:
                              f"model_config needs {want.dtype} {tuple(want.shape)}")
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
             raise IKMDNError(f"{what} tensor {name} holds NaN or infinite values")
+    for name, want in config_buffers(config).items():
+        if not torch.equal(state[name], want):
+            raise IKMDNError(f"{what} tensor {name} disagrees with its model_config (its values "
+                             "follow from the config: joint order, periodic or angular flags)")
 
 
 def _train_config(payload: dict[str, Any], path: Path) -> TrainConfig:
@@ -225,6 +231,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     model_config = _model_config(payload, arm, path)
     check_state_dict(payload["state_dict"], model_config, f"{path}: state_dict")
     config = _train_config(payload, path)
+    if config.joint_order is not None and tuple(config.joint_order) != model_config.joint_order:
+        raise IKMDNError(f"{path}: train_config joint_order {list(config.joint_order)} disagrees "
+                         f"with model_config joint_order {list(model_config.joint_order)}")
     metrics = (parse_json(payload["metrics"], f"{path}: metrics", dict) if "metrics" in payload
                else {})
     model = build_network(model_config)

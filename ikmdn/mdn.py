@@ -72,7 +72,11 @@ class MDNConfig:
                              f"got {self.periodic_outputs}")
         if not self.sigma_floor > 0:
             raise IKMDNError(f"sigma_floor must be positive, got {self.sigma_floor}")
-        self.joint_order = tuple(int(j) for j in self.joint_order)
+        if not all(isinstance(j, int) and not isinstance(j, bool) for j in self.joint_order) \
+                or isinstance(self.factor_components, bool) or not isinstance(self.factor_components, int):
+            raise IKMDNError(f"joint_order must hold joint indices and factor_components must be an "
+                             f"integer, got {self.joint_order!r} and {self.factor_components!r}")
+        self.joint_order = tuple(self.joint_order)
         if self.kind != "autoregressive":
             if self.joint_order:
                 raise IKMDNError(f"joint_order is for autoregressive models, not {self.kind!r} ones")

@@ -429,8 +429,9 @@ class OnnxModel:
         network = data if self.format == 1 else network_subgraph(proto).SerializeToString()
         del proto
         self.session = self._session(network)
-        self._network, self._spinning = network, spinning
-        self._small_session: ort.InferenceSession | None = None if threads != 1 else self.session
+        # batches of at most SMALL_BATCH rows run on one intra-op thread (see predict)
+        self._small_session = self.session if threads == 1 else ort.InferenceSession(
+            network, session_options(1, spinning), providers=["CPUExecutionProvider"])
         self.components = self._probe(self._declared)
 
     def _session(self, data: bytes) -> ort.InferenceSession:
@@ -514,6 +515,10 @@ class OnnxModel:
     def predict(self, targets) -> Mixture:
         """Mixture over joints (float32) for targets (N, target_dim) in physical units.
 
+        Batches of at most SMALL_BATCH rows run on one intra-op thread whatever `threads` says:
+        waking a second thread for each of a beam search's few hundred tiny nodes costs more than
+        it gives (UR5's autoregressive model, one pose: 0.33 ms on 2 threads, 0.20 ms on 1).
+
         A single target (target_dim,) is promoted to (1, target_dim); an empty batch gives empty
         arrays. Wrong shapes, NaN or infinite values and coordinates beyond +-MAX_TARGET raise
         IKMDNError; so do outputs that break the contract (NaN, negative sigmas, weights not
@@ -524,7 +529,7 @@ class OnnxModel:
         if len(x) == 0:
             return Mixture(np.zeros((0, k), np.float32), np.zeros((0, k, dof), np.float32),
                            np.zeros((0, k, dof), np.float32))
-        session = self.session if len(x) > SMALL_BATCH else self._session_for_few()
+        session = self.session if len(x) > SMALL_BATCH else self._small_session
         try:
             weights, means, sigmas = session.run(OUTPUT_NAMES, {INPUT_NAME: x})
         except Exception as exc:  # onnxruntime's own types (Fail, RuntimeException, ...), MemoryError
@@ -533,16 +538,6 @@ class OnnxModel:
         self._check_shapes(weights, means, sigmas, len(x))
         self._check_values(weights, means, sigmas)
         return Mixture(weights, means, sigmas)
-
-    def _session_for_few(self) -> ort.InferenceSession:
-        """A one-thread session of the network for batches of at most SMALL_BATCH rows, made on
-        first use: waking a second intra-op thread for each of a beam search's few hundred tiny
-        nodes costs more than the thread gives (UR5's autoregressive model, one pose: 0.33 ms on
-        2 threads, 0.20 ms on 1)."""
-        if self._small_session is None:
-            self._small_session = ort.InferenceSession(
-                self._network, session_options(1, self._spinning), providers=["CPUExecutionProvider"])
-        return self._small_session
 
     # -- format 2: the whole graph --------------------------------------------------------------
     @property

@@ -40,7 +40,7 @@ import os
 import shlex
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -368,10 +368,14 @@ def _train(config: TrainConfig | None, out_dir: Path, force: bool, resume: bool,
         assert config is not None  # resume set it above
         if resume:
             _check_device(config.device, dist.get_backend())
-        else:  # rank 0 finds an autoregressive model's joint order; every rank uses it
-            found = [with_joint_order(config).joint_order if rank == 0 else None]
-            dist.broadcast_object_list(found, src=0)
-            config = replace(config, joint_order=found[0])
+        else:  # every rank finds an autoregressive model's joint order (seeded: the same, and
+            # an error is raised on every rank alike); rank 0's is checked against the others
+            config = with_joint_order(config)
+            found = [config.joint_order]
+            dist.broadcast_object_list(found, src=0, device=_comm_device())
+            if found[0] != config.joint_order:
+                raise IKMDNError(f"rank {rank} found the joint order {config.joint_order}, rank 0 "
+                                 f"{found[0]}: give --joint-order")
         with torch_threads(threads):
             arm = config.build_arm()
             trainer = _trainer(config, arm, shard_batches)

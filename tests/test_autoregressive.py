@@ -74,7 +74,8 @@ def test_density_integrates_to_one():
 
 def _enumerate(model: AutoregressiveMixture, x: torch.Tensor):
     """All joint combinations of factor means for one target x (1, in), scored one by one by
-    the sum of the chosen log weights. Returns [(score, joints, spreads)], best first."""
+    the sum of the chosen log weights; periodic joints wrapped into [-pi, pi). Returns
+    [(score, joints, spreads)], best first."""
     c, m = model.config.output_dim, model.config.factor_components
     mean, std, _ = model._ordered_stats()
     contexts = model._contexts(x)
@@ -85,8 +86,10 @@ def _enumerate(model: AutoregressiveMixture, x: torch.Tensor):
             first = model._first_layer(contexts[:, j], values, mean, std, j)
             log_w, mu, sigma = (t[0].numpy() for t in model._head(model.factors.factor(j, first)))
             score += float(log_w[comp])
-            values = torch.cat([values, torch.tensor([[mu[comp] * float(std[j]) + float(mean[j])]],
-                                                     dtype=x.dtype)], 1)
+            q = mu[comp] * float(std[j]) + float(mean[j])
+            if model.config.periodic_outputs[model.config.joint_order[j]]:  # later factors see
+                q = (q + np.pi) % (2 * np.pi) - np.pi                    # it within [-pi, pi)
+            values = torch.cat([values, torch.tensor([[q]], dtype=x.dtype)], 1)
             spread.append(float(sigma[comp] * std[j]))
         rows.append((score, values[0, model.inverse_order].numpy(),
                      np.array(spread)[model.inverse_order.numpy()]))
@@ -180,6 +183,51 @@ def test_training_stores_the_found_order_and_round_trips(planar3_ar):
     x = torch.tensor(make_ik_dataset(again.arm, 16, 5).inputs, dtype=torch.float32)
     for a, b in zip(again.model(x), checkpoint.model(x), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("inverse_order", torch.tensor([0, 0, 0])),
+    ("order", torch.tensor([0, 1, 99])),
+    ("prefix_mask", None),      # all ones: each factor would see itself and later joints
+    ("periodic", None),         # flags flipped
+])
+def test_checkpoint_buffers_must_follow_the_config(planar3_ar, tmp_path, name, value):
+    from ikmdn.checkpoint import load_checkpoint
+
+    run, _, _ = planar3_ar
+    payload = torch.load(run / "model.pt", weights_only=True)
+    state = payload["state_dict"]
+    state[name] = value if value is not None else (
+        torch.ones_like(state[name]) if name == "prefix_mask" else ~state[name])
+    torch.save(payload, tmp_path / "model.pt")
+    with pytest.raises(IKMDNError, match=f"tensor {name} disagrees with its model_config"):
+        load_checkpoint(tmp_path / "model.pt")
+
+
+def test_checkpoint_joint_orders_must_agree(planar3_ar, tmp_path):
+    import json
+
+    from ikmdn.checkpoint import load_checkpoint
+
+    run, _, _ = planar3_ar
+    payload = torch.load(run / "model.pt", weights_only=True)
+    train = json.loads(payload["train_config"])
+    payload["train_config"] = json.dumps({**train, "joint_order": [2, 1, 0]})
+    torch.save(payload, tmp_path / "model.pt")
+    with pytest.raises(IKMDNError, match="train_config joint_order \\[2, 1, 0\\] disagrees"):
+        load_checkpoint(tmp_path / "model.pt")
+
+
+def test_periodic_candidates_lie_within_one_turn(planar3_ar):
+    """A periodic joint's chosen value is wrapped into [-pi, pi) before later factors see it
+    (and in the output), the range the factors were trained on."""
+    _, checkpoint, _ = planar3_ar
+    x = torch.tensor(make_ik_dataset(checkpoint.arm, 200, 3).inputs, dtype=torch.float32)
+    with torch.no_grad():
+        means = checkpoint.model(x)[1]
+    periodic = torch.tensor(checkpoint.model.config.periodic_outputs)
+    assert periodic.any()
+    assert bool((means[..., periodic].abs() <= math.pi + 1e-6).all())
 
 
 def test_onnx_solves_like_the_checkpoint(planar3_ar):
