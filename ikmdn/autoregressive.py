@@ -173,8 +173,10 @@ class AutoregressiveMixture(ConditionalDensity):
     @torch.no_grad()
     def beam_margins(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) the smallest gap (nats) between neighbouring scores among each step's kept
-        candidates and the best dropped one: where it is at float rounding level, another runtime
-        may keep or order the beams differently (export parity allows that, see ikmdn.export)."""
+        candidates and the best dropped one, or (rad) between a kept periodic value and +-pi,
+        where its wrap may go either way: where it is at float rounding level, another runtime
+        may keep, order or wrap the beams differently (export parity allows that, see
+        ikmdn.export)."""
         return self._beam(x, margins=True)[3]
 
     def _beam(self, x: torch.Tensor, margins: bool):
@@ -201,6 +203,9 @@ class AutoregressiveMixture(ConditionalDensity):
             pick = pick[..., None]                                          # (N, k, 1)
             chosen = self._physical(means.reshape(-1, b * m, 1).gather(1, pick), mean, std, j)
             spread = sigmas.reshape(-1, b * m, 1).gather(1, pick) * std[j]
+            if margins and self.config.periodic_outputs[self.config.joint_order[j]]:
+                # a value at +-pi may be wrapped to either end: the next factors see another input
+                gap = torch.minimum(gap, (math.pi - chosen.abs()).amin((1, 2)))
             if j:
                 keep = torch.div(pick, m, rounding_mode="floor").expand(-1, -1, j)
                 chosen = torch.cat([values.gather(1, keep), chosen], dim=-1)

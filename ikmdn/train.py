@@ -227,7 +227,7 @@ POSE_CHAIN_DEFAULTS: dict[str, Any] = {"hidden": (256, 256, 256, 256), "componen
                                        "lr": 1e-3, "resample": True}
 POSE_CHAIN_AUTOREGRESSIVE: dict[str, Any] = {
     "hidden": (256, 256, 256), "factor_hidden": (128, 128), "components": 32,
-    "factor_components": 6, "samples": 1_500_000, "epochs": 12, "batch_size": 1024, "lr": 1e-3,
+    "factor_components": 6, "samples": 1_500_000, "epochs": 12, "batch_size": 1024, "lr": 2e-3,
     "resample": True}
 
 
