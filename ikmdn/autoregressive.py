@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ikmdn.mdn import ACTIVATIONS, ConditionalDensity, MDNConfig
+from ikmdn.mdn import ACTIVATIONS, ConditionalDensity, MDNConfig, gaussian_log_kernel
 
 JOINT_FEATURES = 3  # each earlier joint enters a factor as (cos q, sin q, standardised q)
 
@@ -69,14 +69,9 @@ def wrapped_mixture_log_prob(log_weights: torch.Tensor, means: torch.Tensor, sig
     log_weights, means, sigmas (..., M); y (...,); periodic: bool, broadcastable to y: those
     values are angles whose kernel is wrapped (summed over y + 2 pi k, k = -1, 0, 1).
     """
-    diff = (y[..., None] - means) / sigmas
-    plain = -0.5 * diff.pow(2)
-    step = (2 * math.pi) / sigmas
-    wrapped = torch.logsumexp(torch.stack([plain, -0.5 * (diff - step).pow(2),
-                                           -0.5 * (diff + step).pow(2)]), dim=0)
-    log_kernel = torch.where(periodic[..., None], wrapped, plain)
-    return torch.logsumexp(log_weights + log_kernel - torch.log(sigmas), dim=-1) \
-        - 0.5 * math.log(2 * math.pi)
+    periods = periodic[..., None].to(means.dtype) * (2 * math.pi)
+    return torch.logsumexp(log_weights + gaussian_log_kernel(y[..., None] - means, sigmas, periods),
+                           dim=-1)
 
 
 class AutoregressiveMixture(ConditionalDensity):

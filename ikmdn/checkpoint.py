@@ -120,7 +120,7 @@ def _model_config(payload: dict[str, Any], arm: Arm, path: Path) -> MDNConfig:
     d = parse_json(payload["model_config"], f"{path}: model_config", dict)
     for key in ("input_dim", "output_dim", "components"):
         value = d.get(key, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COMPONENTS:
+        if not _whole(value, 1, MAX_COMPONENTS):
             raise IKMDNError(f"{path}: model_config {key} must be an integer from 1 to "
                              f"{MAX_COMPONENTS}, got {short(value)}")
     for key in ("hidden", "factor_hidden"):

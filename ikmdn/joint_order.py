@@ -78,15 +78,16 @@ def _distinct(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return np.flatnonzero(~np.tril(same, -1).any(1))
 
 
-def _branching(sets: list[np.ndarray], placed: list[int], joint: int) -> float:
-    """Mean over poses and groups (solutions agreeing on placed) of log(distinct values of joint)."""
-    total = 0.0
+def _branching(sets: list[np.ndarray], placed: list[int], candidates: list[int]) -> np.ndarray:
+    """(len(candidates),) for each candidate joint, the mean over poses and groups (solutions
+    agreeing on placed; each pose grouped once) of log(its number of distinct values)."""
+    total = np.zeros(len(candidates))
     for sol in sets:
         groups = (_close(sol[:, placed], sol[:, placed]) if placed
                   else np.ones((len(sol), len(sol)), dtype=bool))
-        leaders = np.flatnonzero(~np.tril(groups, -1).any(1))
-        logs = [np.log(len(_distinct(sol[groups[g]], np.array([joint])))) for g in leaders]
-        total += float(np.mean(logs))
+        members = [groups[g] for g in np.flatnonzero(~np.tril(groups, -1).any(1))]
+        total += [np.mean([np.log(len(_distinct(sol[m], np.array([j])))) for m in members])
+                  for j in candidates]
     return total / len(sets)
 
 
@@ -94,7 +95,7 @@ def _greedy(sets: list[np.ndarray], placed: list[int], remaining: list[int]) -> 
     """(order of remaining, total branching) by the greedy rule."""
     placed, remaining, cost = list(placed), list(remaining), 0.0
     while remaining:
-        scores = [_branching(sets, placed, j) for j in remaining]
+        scores = _branching(sets, placed, remaining)
         best = int(np.argmin(scores))
         cost += scores[best]
         placed.append(remaining.pop(best))

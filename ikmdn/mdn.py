@@ -121,17 +121,23 @@ def mixture_log_prob(log_weights: torch.Tensor, means: torch.Tensor, sigmas: tor
     summed over y + P k, k = -1, 0, 1 (exact to within exp(-P^2 / (2 sigma^2)), negligible for
     sigma < P / 6).
     """
-    diff = (y[:, None, :] - means) / sigmas
-    plain = -0.5 * diff.pow(2)
-    if periods is None:
-        log_kernel = plain
-    else:
-        step = periods / sigmas
-        wrapped = torch.logsumexp(torch.stack([plain, -0.5 * (diff - step).pow(2),
-                                               -0.5 * (diff + step).pow(2)]), dim=0)
-        log_kernel = torch.where(periods > 0, wrapped, plain)
-    log_kernel = log_kernel - torch.log(sigmas) - 0.5 * math.log(2 * math.pi)
+    log_kernel = gaussian_log_kernel(y[:, None, :] - means, sigmas, periods)
     return torch.logsumexp(log_weights + log_kernel.sum(-1), dim=-1)
+
+
+def gaussian_log_kernel(residual: torch.Tensor, sigmas: torch.Tensor,
+                        periods: torch.Tensor | None = None) -> torch.Tensor:
+    """log N(residual; 0, sigma), element by element (shapes broadcast). Where periods (None: no
+    periodic element) holds P > 0 the kernel is wrapped: summed over residual + P k, k = -1, 0, 1
+    (exact to within exp(-P^2 / (2 sigma^2)))."""
+    z = residual / sigmas
+    log_kernel = -0.5 * z.pow(2)
+    if periods is not None:
+        step = periods / sigmas
+        wrapped = torch.logsumexp(torch.stack([log_kernel, -0.5 * (z - step).pow(2),
+                                               -0.5 * (z + step).pow(2)]), dim=0)
+        log_kernel = torch.where(periods > 0, wrapped, log_kernel)
+    return log_kernel - torch.log(sigmas) - 0.5 * math.log(2 * math.pi)
 
 
 def mixture_nll(log_weights, means, sigmas, y, periods=None) -> torch.Tensor:

@@ -53,8 +53,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ikmdn.arms import Arm
 from ikmdn.checkpoint import CHECKPOINT_NAME, Checkpoint, read_resume_state, restore_trainer
-from ikmdn.cli._base import SEED, THREADS, hidden_widths, joint_order_list, positive
-from ikmdn.cli.arm_options import arm_options, chosen_arm
+from ikmdn.cli._base import SEED, THREADS, hidden_widths, positive
+from ikmdn.cli.arm_options import arm_options, chosen_arm, model_options
 from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError
 from ikmdn.mdn import MDN
@@ -415,10 +415,7 @@ def _rank() -> int:
 @click.option("--hidden", callback=hidden_widths, help="Hidden widths, e.g. 128,128,128.")
 @click.option("--seed", type=SEED,
               help="Seed for data, initialisation, shuffling.")
-@click.option("--model", "kind", type=click.Choice(["mdn", "autoregressive"]),
-              help="Model kind, as ikmdn train --model [default: by the arm, as ikmdn train].")
-@click.option("--joint-order", callback=joint_order_list,
-              help="Factor order of an autoregressive model [default: found by rank 0].")
+@model_options
 @click.option("--device", help="cpu, or cuda (rank r uses cuda:LOCAL_RANK) [default: cpu].")
 @click.option("--backend", type=click.Choice(BACKENDS),
               help="torch.distributed backend [default: nccl for cuda, gloo for cpu].")

@@ -32,13 +32,12 @@ from ikmdn.arms import get_arm
 from ikmdn.arms.closed_form import closed_form_ik, has_closed_form
 from ikmdn.data import make_ik_dataset
 from ikmdn.evaluate import branch_matches
+from ikmdn.mixture import Mixture
 from ikmdn.refine import refine, residual_norm
 from ikmdn.solve import IKSolver
 
 
-def raw_quality(solver: IKSolver, targets: np.ndarray, branches) -> dict:
-    arm = solver.arm
-    mixture = solver.model.predict(targets)
+def raw_quality(arm, mixture: Mixture, targets: np.ndarray, branches) -> dict:
     n, k, dof = mixture.means.shape
     means = mixture.means.astype(np.float64)
     reached = arm.fk(means.reshape(n * k, dof))
@@ -61,10 +60,11 @@ def raw_quality(solver: IKSolver, targets: np.ndarray, branches) -> dict:
     return out
 
 
-def median_iterations(solver: IKSolver, targets: np.ndarray) -> dict:
-    """Median LM iterations of the candidates that converge under the solver's settings."""
+def median_iterations(solver: IKSolver, mixture: Mixture, targets: np.ndarray) -> dict:
+    """Median LM iterations of the candidates (mixture.means) that converge under the solver's
+    settings."""
     arm, settings = solver.arm, solver.refine_settings
-    means = solver.model.predict(targets).means.astype(np.float64)
+    means = mixture.means.astype(np.float64)
     n, k, dof = means.shape
     q0, x = means.reshape(n * k, dof), np.repeat(targets, k, axis=0)
     converged = refine(arm, q0, x, settings)[2] <= settings.tol
@@ -122,13 +122,14 @@ def main() -> None:
     for text in args.variants:
         name, path = text.split("=", 1)
         solvers[name] = solver = IKSolver.load(path, threads=args.threads)
+        mixture = solver.model.predict(targets)
         meta = getattr(solver.model, "metrics", None) or {}
         config = getattr(solver.model, "train_config", None) or {}
         rows[name] = {"path": path, "kind": config.get("kind", "mdn"),
                       "joint_order": config.get("joint_order"), "components": solver.model.components,
                       "train_seconds": meta.get("train_seconds"), "val_nll": meta.get("val_nll"),
-                      **raw_quality(solver, targets, branches),
-                      **median_iterations(solver, targets),
+                      **raw_quality(arm, mixture, targets, branches),
+                      **median_iterations(solver, mixture, targets),
                       **solve_quality(solver, targets, branches)}
         print(name, rows[name], flush=True)
     timing = speeds(solvers, targets, args.rounds)

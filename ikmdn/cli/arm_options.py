@@ -1,5 +1,5 @@
-"""The options that choose an arm (a preset, or a URDF chain with its frames), shared by `ikmdn
-train` and `python -m ikmdn.train_distributed`."""
+"""The options that choose an arm (a preset, or a URDF chain with its frames) and the model kind,
+shared by `ikmdn train` and `python -m ikmdn.train_distributed`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 import click
+
+from ikmdn.cli._base import joint_order_list
 
 
 def _lock(ctx, param, values):
@@ -62,6 +64,19 @@ def arm_options(command):
     for option in reversed(ARM_OPTIONS):
         command = option(command)
     return command
+
+
+def model_options(command):
+    """Decorator: --model (as `kind`) and --joint-order (as `joint_order`)."""
+    command = click.option(
+        "--joint-order", callback=joint_order_list,
+        help="Factor order of an autoregressive model, e.g. 0,4,5,1,3,2 (joint indices) "
+             "[default: found from the arm before training].")(command)
+    return click.option(
+        "--model", "kind", type=click.Choice(["mdn", "autoregressive"]),
+        help="mdn: one mixture over all joints; autoregressive: one mixture per joint, each "
+             "given the joints before it, candidates by beam search (--components wide) "
+             "[default: autoregressive for 6-D pose targets or 6+ joints, else mdn].")(command)
 
 
 def chosen_arm(arm_name, urdf, tip, base, tool, lock, name):

@@ -15,11 +15,10 @@ from ikmdn.cli._base import (
     THREADS,
     cli,
     hidden_widths,
-    joint_order_list,
     positive,
     require_torch,
 )
-from ikmdn.cli.arm_options import arm_options, chosen_arm
+from ikmdn.cli.arm_options import arm_options, chosen_arm, model_options
 
 
 @cli.command("arms")
@@ -53,13 +52,7 @@ def arms_command():
 @click.option("--device", help="torch device: cpu, cuda or cuda:N [default: cpu].")
 @click.option("--baseline", is_flag=True,
               help="Train Bishop's least-squares network (same body, one output) instead.")
-@click.option("--model", "kind", type=click.Choice(["mdn", "autoregressive"]),
-              help="mdn: one mixture over all joints; autoregressive: one mixture per joint, each "
-                   "given the joints before it, candidates by beam search (--components wide) "
-                   "[default: autoregressive for 6-D pose targets or 6+ joints, else mdn].")
-@click.option("--joint-order", callback=joint_order_list,
-              help="Factor order of an autoregressive model, e.g. 0,4,5,1,3,2 (joint indices) "
-                   "[default: found from the arm before training].")
+@model_options
 @click.option("--export", "export_path", type=click.Path(path_type=Path),
               help="Also export the trained model to this .onnx file (ikmdn.format 2, as "
                    "`ikmdn export`).")
