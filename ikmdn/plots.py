@@ -6,6 +6,7 @@ are in the arm's own unit (`unit`), joint angles in radians.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +250,8 @@ def plot_quiver_views(rows: list[tuple[str, np.ndarray, np.ndarray]], path: Path
             drawn = f", drawn x{magnification:g}" if magnification != 1 else " (true scale)"
             ax.quiverkey(arrows, X=0.05, Y=0.04, U=key, coordinates="axes", labelpos="E",
                          label=f"error {_format_metres(key)}{drawn}")
-            ax.set_title(f"{row_title}\n{view} ({axis_names[i]}, {axis_names[j]})", fontsize=10)
+            ax.set_title(f"{textwrap.fill(row_title, 56)}\n{view} ({axis_names[i]}, "
+                         f"{axis_names[j]})", fontsize=10)   # long labels wrap, not overlap
             _xy_axes(ax, (axis_names[i], axis_names[j]), "m")
     # One legend for all panels, below them, so no panel loses data under it.
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=3,

@@ -31,6 +31,7 @@ from _common import ROOT, write_results
 from ikmdn.arms import get_arm
 from ikmdn.arms.closed_form import closed_form_ik, has_closed_form
 from ikmdn.data import make_ik_dataset
+from ikmdn.errors import IKMDNError
 from ikmdn.evaluate import branch_matches
 from ikmdn.mixture import Mixture
 from ikmdn.refine import refine, residual_norm
@@ -115,12 +116,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    arm = get_arm(args.arm)
+    try:
+        arm = get_arm(args.arm)
+    except IKMDNError as exc:
+        parser.error(str(exc))
     targets = make_ik_dataset(arm, args.poses, seed=4242).inputs
     branches = closed_form_ik(arm, targets) if has_closed_form(arm) else None
     solvers, rows = {}, {}
     for text in args.variants:
-        name, path = text.split("=", 1)
+        name, sep, path = text.partition("=")
+        if not sep or not name or not Path(path).exists():
+            parser.error(f"a variant is NAME=PATH with an existing .onnx file or run folder, "
+                         f"got {text!r}")
         solvers[name] = solver = IKSolver.load(path, threads=args.threads)
         mixture = solver.model.predict(targets)
         meta = getattr(solver.model, "metrics", None) or {}
