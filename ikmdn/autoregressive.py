@@ -31,6 +31,7 @@ from torch import nn
 from ikmdn.mdn import ACTIVATIONS, ConditionalDensity, MDNConfig, gaussian_log_kernel
 
 JOINT_FEATURES = 3  # each earlier joint enters a factor as (cos q, sin q, standardised q)
+STATE_COLUMNS = JOINT_FEATURES + 2  # per joint in a beam's state: its features, q, raw spread
 
 
 class StackedLayers(nn.Module):
@@ -139,7 +140,7 @@ class AutoregressiveMixture(ConditionalDensity):
     def _contexts(self, x: torch.Tensor) -> torch.Tensor:
         """(N, c, H) the per-factor contexts of targets x (N, in_dim)."""
         c = self.config.output_dim
-        return self.context(self.body(self._features(x))).reshape(x.shape[0], c, -1)
+        return self.context(self.body(self._features(x))).reshape(-1, c, self.config.factor_hidden[0])
 
     def factor_log_probs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Teacher-forced log p of each factor (c, N), standardised units; x (N, in), y (N, c)."""
@@ -174,40 +175,59 @@ class AutoregressiveMixture(ConditionalDensity):
         ikmdn.export)."""
         return self._beam(x, margins=True)[3]
 
+    def _state_weight(self, j: int) -> torch.Tensor:
+        """(STATE_COLUMNS j, H) factor j's first-layer rows over a beam state of j placed joints:
+        its prefix weights on each joint's features, zeros on its value and raw spread."""
+        rows = self.prefix_weight[j, :j * JOINT_FEATURES].reshape(j, JOINT_FEATURES, -1)
+        padding = rows.new_zeros(j, STATE_COLUMNS - JOINT_FEATURES, rows.shape[-1])
+        return torch.cat([rows, padding], dim=1).reshape(j * STATE_COLUMNS, -1)
+
     def _beam(self, x: torch.Tensor, margins: bool):
+        """The beam search. Each beam carries one state row, per placed joint (cos q, sin q,
+        standardised q, q, raw spread): one gather per step moves a beam's whole history, its
+        features feed the next factor through one matmul, and the spreads' softplus runs once
+        at the end on the B kept candidates, not on every scored component."""
         c, m, beam = self.config.output_dim, self.config.factor_components, self.config.components
+        width = self.config.factor_hidden[0]
         mean, std, _ = self._ordered_stats()
         contexts = self._contexts(x)                                       # (N, c, H)
         # b (beams so far) is a Python int and reshapes say -1 for N: the exported graph carries
         # no shape arithmetic, which dominates a single pose's inference
         scores = torch.zeros_like(contexts[:, 0, :1])                      # (N, b)
-        values = spreads = contexts[:, :1, :0]                             # (N, b, j) physical
+        state = contexts[:, :1, :0]                                        # (N, b, 5 j)
         gap = torch.full_like(contexts[:, 0, 0], math.inf)
         b = 1
         for j in range(c):
-            first = self._first_layer(contexts[:, j:j + 1], values, mean, std, j)   # (N, b, H)
-            out = self.factors.factor(j, first.reshape(-1, first.shape[-1])).reshape(-1, b, 3 * m)
-            log_weights, means, sigmas = self._head(out)                   # (N, b, M)
-            candidates = (scores[..., None] + log_weights).reshape(-1, b * m)
+            first = contexts[:, j:j + 1]                                   # (N, b, H)
+            if j:
+                first = first + torch.matmul(state, self._state_weight(j))
+            out = self.factors.factor(j, first.reshape(-1, width)).reshape(-1, b, 3 * m)
+            candidates = (scores[..., None] + F.log_softmax(out[..., :m], dim=-1)).reshape(-1, b * m)
             k = min(beam, b * m)
             if margins:
                 top = torch.topk(candidates, min(k + 1, b * m), dim=1).values
                 gap = torch.minimum(gap, (top[:, :-1] - top[:, 1:]).min(1).values
                                     if top.shape[1] > 1 else gap)
             scores, pick = torch.topk(candidates, k, dim=1)
-            pick = pick[..., None]                                          # (N, k, 1)
-            chosen = self._physical(means.reshape(-1, b * m, 1).gather(1, pick), mean, std, j)
-            spread = sigmas.reshape(-1, b * m, 1).gather(1, pick) * std[j]
+            pick = pick[..., None]                                         # (N, k, 1)
+            q = self._physical(out[..., m:2 * m].reshape(-1, b * m, 1).gather(1, pick), mean, std, j)
+            raw_spread = out[..., 2 * m:].reshape(-1, b * m, 1).gather(1, pick)
             if margins and self.config.periodic_outputs[self.config.joint_order[j]]:
                 # a value at +-pi may be wrapped to either end: the next factors see another input
-                gap = torch.minimum(gap, (math.pi - chosen.abs()).amin((1, 2)))
-            if j:
-                keep = torch.div(pick, m, rounding_mode="floor").expand(-1, -1, j)
-                chosen = torch.cat([values.gather(1, keep), chosen], dim=-1)
-                spread = torch.cat([spreads.gather(1, keep), spread], dim=-1)
-            values, spreads, b = chosen, spread, k
-        return (torch.softmax(scores, dim=1), values[..., self.inverse_order],
-                spreads[..., self.inverse_order], gap)
+                gap = torch.minimum(gap, (math.pi - q.abs()).amin((1, 2)))
+            placed = torch.cat([torch.cos(q), torch.sin(q), (q - mean[j]) / std[j], q, raw_spread],
+                               dim=-1)                                     # (N, k, 5)
+            if j:   # each kept candidate's parent beam, by a constant lookup and a broadcast
+                parent = torch.tensor([i // m for i in range(b * m)], device=x.device)[pick]
+                index = parent + torch.zeros(1, 1, j * STATE_COLUMNS, dtype=torch.long,
+                                             device=x.device)
+                placed = torch.cat([state.gather(1, index), placed], dim=-1)
+            state, b = placed, k
+        columns = [STATE_COLUMNS * int(i) for i in self.inverse_order]     # joints in arm order
+        values = state[..., torch.tensor(columns, device=x.device) + JOINT_FEATURES]
+        raw = state[..., torch.tensor(columns, device=x.device) + JOINT_FEATURES + 1]
+        spreads = (F.softplus(raw) + self.config.sigma_floor) * self.out_std
+        return torch.softmax(scores, dim=1), values, spreads, gap
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -242,6 +242,52 @@ def test_onnx_solves_like_the_checkpoint(planar3_ar):
     np.testing.assert_array_equal(a.reachable, b.reachable)
 
 
+
+def test_a_narrower_beam_keeps_the_weights_and_the_best_candidates(planar3_ar):
+    """with_beam changes K alone: same weights, and (each step keeping every prefix the narrow
+    beam can hold) the narrow beam's candidates are the wide beam's first ones."""
+    from ikmdn.checkpoint import CheckpointModel, with_beam
+
+    _, checkpoint, _ = planar3_ar
+    narrow = with_beam(checkpoint, 3)
+    assert narrow.model.config.components == narrow.config.components == 3
+    assert narrow.metrics["trained_components"] == 8 and narrow.metrics["min_over_modes_rms"] > 0
+    for a, b in zip(narrow.model.state_dict().values(), checkpoint.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    targets = make_ik_dataset(get_arm("planar3"), 50, 3).inputs
+    wide, few = CheckpointModel(checkpoint).predict(targets), CheckpointModel(narrow).predict(targets)
+    assert few.means.shape == (50, 3, 3)
+    np.testing.assert_array_equal(few.means[:, 0], wide.means[:, 0])
+    assert with_beam(checkpoint, 8) is checkpoint
+
+
+def test_a_beam_is_refused_for_an_mdn_and_beyond_the_combinations(planar3_ar):
+    from ikmdn.checkpoint import Checkpoint, with_beam
+    from ikmdn.network import build_network
+
+    _, checkpoint, _ = planar3_ar
+    with pytest.raises(IKMDNError, match="a beam of 250 candidates needs at least that many"):
+        with_beam(checkpoint, 250)   # 6 components per joint, 3 joints: 216 combinations
+    mdn = Checkpoint(build_network(MDNConfig(input_dim=2, output_dim=3, components=4)),
+                     checkpoint.config, checkpoint.arm)
+    with pytest.raises(IKMDNError, match="a beam width is for autoregressive models"):
+        with_beam(mdn, 2)
+
+
+def test_cli_exports_with_a_narrower_beam(planar3_ar, tmp_path):
+    from ikmdn.runtime import OnnxModel
+
+    run, _, _ = planar3_ar
+    out = tmp_path / "narrow.onnx"
+    assert_ok(invoke("export", str(run), "-o", str(out), "--beam", "4"))
+    model = OnnxModel.load(out)
+    assert model.components == model.train_config["components"] == 4
+    assert model.metrics["trained_components"] == 8
+    result = invoke("export", str(run), "-o", str(tmp_path / "bad.onnx"), "--beam", "0")
+    assert result.exit_code == 2 and "--beam" in result.output
+    assert not (tmp_path / "bad.onnx").exists()
+
 def test_cli_trains_an_autoregressive_model(tmp_path):
     out = tmp_path / "run"
     result = invoke("train", "--arm", "planar2", "--model", "autoregressive", "--joint-order",

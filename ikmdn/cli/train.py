@@ -19,6 +19,7 @@ from ikmdn.cli._base import (
     require_torch,
 )
 from ikmdn.cli.arm_options import arm_options, chosen_arm, model_options
+from ikmdn.untrusted import MAX_COMPONENTS
 
 
 @cli.command("arms")
@@ -153,7 +154,12 @@ def _export(checkpoint, path: Path, force: bool, raw: bool = False) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.option("--raw", is_flag=True,
               help="Write the network alone (ikmdn.format 1: the mixture, no refinement).")
-def export_command(source, output, force, raw):
+@click.option("--beam", type=click.IntRange(1, MAX_COMPONENTS), default=None,
+              help="Candidates per target of an autoregressive model (its beam width, K); "
+                   "training does not depend on it, so a narrower beam trades branches for "
+                   "speed without retraining (UR5: 16 keeps 99.7% of the branches).  "
+                   "[default: the run's --components]")
+def export_command(source, output, force, raw, beam):
     """Export a training run (folder or model.pt) to one self-contained ONNX file.
 
     By default the file is ikmdn.format 2: the network and the Levenberg-Marquardt refinement
@@ -164,14 +170,20 @@ def export_command(source, output, force, raw):
     Example: ikmdn export runs/bishop -o bishop.onnx
 
     Example: ikmdn export runs/bishop -o bishop-raw.onnx --raw
+
+    Example: ikmdn export runs/ur5 -o ur5.onnx --beam 16
     """
     require_torch("export")
+    from ikmdn.checkpoint import with_beam
     from ikmdn.train import load_checkpoint
 
     if output.suffix != ".onnx":
         raise click.BadParameter(f"expected a file name ending in .onnx, got {output}",
                                  param_hint="--output")
-    _export(load_checkpoint(source), output, force, raw)
+    checkpoint = load_checkpoint(source)
+    if beam is not None:
+        checkpoint = with_beam(checkpoint, beam)
+    _export(checkpoint, output, force, raw)
 
 
 @cli.command("info")
