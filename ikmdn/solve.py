@@ -420,7 +420,7 @@ class IKSolver:
             residuals = residual_norm(arm, positions, flat_targets)
         # Without a hand orientation the error is the refinement's own ||r|| (the same numbers).
         errors = arm.target_error(positions, flat_targets) if arm.pose_targets else residuals
-        rotation_errors = arm.rotation_error(positions, flat_targets).reshape(n, k)
+        rotation_errors = arm.rotation_error(positions.reshape(n, k, arm.target_dim), x[:, None, :])
         joints = flat.reshape(n, k, arm.dof)
         positions = positions.reshape(n, k, arm.target_dim)
         errors = errors.reshape(n, k)

@@ -170,12 +170,18 @@ def test_log_and_exp_maps_match_scipy_including_near_0_and_pi():
             np.testing.assert_allclose(w, axes * angle, atol=1e-12)
 
 
-def test_rotation_angle_deg_matches_scipy():
+def test_rotation_angle_matches_scipy():
     a, b = scipy_rotations(100, 5), scipy_rotations(100, 6)
-    expected = np.degrees((a.inv() * b).magnitude())
-    np.testing.assert_allclose(rot.rotation_angle_deg(a.as_matrix(), b.as_matrix()), expected, atol=1e-10)
+    expected = (a.inv() * b).magnitude()
+
+    def angle(r1, r2):  # (N, 3, 3) matrices as the component-major (3, 3, N) the function takes
+        return rot.rotation_angle_t(np.moveaxis(r1, 0, -1), np.moveaxis(r2, 0, -1))
+
+    np.testing.assert_allclose(angle(a.as_matrix(), b.as_matrix()), expected, atol=1e-12)
     tiny = Rotation.from_rotvec([[1e-10, 0, 0]]).as_matrix()
-    np.testing.assert_allclose(rot.rotation_angle_deg(np.eye(3)[None], tiny), np.degrees(1e-10), rtol=1e-6)
+    np.testing.assert_allclose(angle(np.eye(3)[None], tiny), 1e-10, rtol=1e-6)
+    half = Rotation.from_rotvec([[np.pi, 0, 0]]).as_matrix()
+    np.testing.assert_allclose(angle(np.eye(3)[None], half), np.pi, atol=1e-12)
 
 
 # -- presets and forward kinematics -----------------------------------------------------------

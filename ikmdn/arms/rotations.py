@@ -161,10 +161,12 @@ def log_map(rotations) -> np.ndarray:
     return log_map_t(np.moveaxis(r, 0, -1)).T
 
 
-def rotation_angle_deg(r1, r2) -> np.ndarray:
-    """Angles (N,) in degrees, in [0, 180], of the rotations r1^T r2 between (N, 3, 3) matrices."""
-    rel = np.swapaxes(np.asarray(r1, dtype=np.float64), -1, -2) @ np.asarray(r2, dtype=np.float64)
-    v = np.stack([rel[:, 2, 1] - rel[:, 1, 2], rel[:, 0, 2] - rel[:, 2, 0],
-                  rel[:, 1, 0] - rel[:, 0, 1]], axis=1)
-    cos = 0.5 * (rel[:, 0, 0] + rel[:, 1, 1] + rel[:, 2, 2] - 1.0)
-    return np.degrees(np.arctan2(0.5 * np.linalg.norm(v, axis=1), cos))
+def rotation_angle_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Angles (...,) in radians, in [0, pi], of the rotations a^T b between component-major
+    matrices a, b (3, 3, ...) [row, column, batch], from the skew part and the trace of a^T b
+    (robust at 0 and pi); nine column dot products, no matrix stack."""
+    rel = [[a[0, i] * b[0, j] + a[1, i] * b[1, j] + a[2, i] * b[2, j] for j in range(3)]
+           for i in range(3)]
+    v0, v1, v2 = rel[2][1] - rel[1][2], rel[0][2] - rel[2][0], rel[1][0] - rel[0][1]
+    cos = 0.5 * (rel[0][0] + rel[1][1] + rel[2][2] - 1.0)
+    return np.arctan2(0.5 * np.sqrt(v0 * v0 + v1 * v1 + v2 * v2), cos)

@@ -42,7 +42,7 @@ from ikmdn.arms.rotations import (
     log_map_t,
     matrix_to_6d,
     quat_to_matrix,
-    rotation_angle_deg,
+    rotation_angle_t,
     sixd_to_matrix,
     sixd_to_matrix_t,
 )
@@ -319,11 +319,10 @@ class SerialArm(Arm):
         """Angle (...,) in radians between reached and target orientations (pose targets; else 0)."""
         if self.target != "pose":
             return super().rotation_error(reached, targets)
-        r, x = np.broadcast_arrays(np.asarray(reached, dtype=np.float64), np.asarray(targets))
-        shape = r.shape[:-1]
-        angles = rotation_angle_deg(sixd_to_matrix(x.reshape(-1, 9)[:, 3:]),
-                                    sixd_to_matrix(r.reshape(-1, 9)[:, 3:]))
-        return np.radians(angles).reshape(shape)
+        # each side's rotations at its own shape; the angles broadcast (one target, K candidates)
+        x, r = (sixd_to_matrix_t(np.moveaxis(np.asarray(v, dtype=np.float64)[..., 3:9], -1, 0).copy())
+                for v in (targets, reached))
+        return rotation_angle_t(x, r)
 
     def position_error(self, reached, targets) -> np.ndarray:
         """Hand position errors (N,) in metres between reached and targets (N, target_dim)."""
