@@ -10,6 +10,11 @@ the files' metrics. Run folders go to runs/<arm> (not shipped).
     python scripts/build_exported_models.py --arms ur5,panda,ur5-mdn,panda-mdn  # -mdn: --model mdn
     python scripts/build_exported_models.py --convert [--arms ...]   # format 1 -> format 2
     python scripts/build_exported_models.py --readme                  # the table only
+    python scripts/build_exported_models.py --reexport --arms ur5,panda  # runs/<arm> again
+
+--reexport exports an existing run folder again without training: with the current export
+graph and, for an autoregressive model, the beam width of the current defaults
+(`checkpoint.with_beam`; training does not depend on it), evaluated and checked as above.
 
 --convert rebuilds shipped format-1 files as format 2 without their training runs: the network
 graph is kept as it is (every initializer checked byte for byte against the old file), the
@@ -27,6 +32,7 @@ import onnx
 from _common import MODELS, ROOT
 
 from ikmdn.arms.closed_form import has_closed_form
+from ikmdn.checkpoint import load_checkpoint, with_beam
 from ikmdn.data import make_ik_dataset
 from ikmdn.evaluate import coverage, rms
 from ikmdn.export import export_onnx, format1_bytes, format2_bytes, refine_check
@@ -95,6 +101,8 @@ def main() -> None:
     parser.add_argument("--convert", action="store_true",
                         help="rebuild shipped format-1 files as format 2 (no training)")
     parser.add_argument("--readme", action="store_true", help="only rewrite the README table")
+    parser.add_argument("--reexport", action="store_true",
+                        help="export runs/<arm> again (current graph and default beam), no training")
     args = parser.parse_args()
     if args.convert:
         arms = args.arms.split(",") if args.arms else sorted(p.stem for p in MODELS.glob("*.onnx"))
@@ -104,9 +112,15 @@ def main() -> None:
         for name in (args.arms or "bishop,planar2,planar3").split(","):
             arm, _, kind = name.partition("-")   # ur5-mdn: the ur5 preset, trained as an MDN
             config = default_config(arm, kind=kind or None)
-            checkpoint = train_run(config, ROOT / "runs" / name, force=True)
+            if args.reexport:
+                checkpoint = load_checkpoint(ROOT / "runs" / name)
+                if checkpoint.config.kind == "autoregressive":
+                    checkpoint = with_beam(checkpoint, config.components)
+            else:
+                checkpoint = train_run(config, ROOT / "runs" / name, force=True)
             checkpoint.metrics.update(evaluate_checkpoint(checkpoint))
-            checkpoint.save(ROOT / "runs" / name / "model.pt")
+            if not args.reexport:
+                checkpoint.save(ROOT / "runs" / name / "model.pt")
             report = export_onnx(checkpoint, MODELS / f"{name}.onnx", force=True, onnx_format=2)
             print(f"{name}: {json.dumps(checkpoint.metrics)}\n  {report.summary()}", flush=True)
     write_readme()

@@ -154,6 +154,8 @@ def test_joint_order_of_a_redundant_arm_pins_one_joint_first():
 def test_defaults_pick_the_model_by_the_arms_properties():
     assert default_config("ur5").kind == "autoregressive"
     assert default_config("panda").kind == "autoregressive"
+    assert default_config("ur5").components == 16      # at most 16 solutions of a 6R arm
+    assert default_config("panda").components == 24    # a redundant arm's continuum
     assert default_config("bishop").kind == "mdn"
     assert default_config("ur5", kind="mdn").hidden == (256, 256, 256, 256)
 
@@ -273,6 +275,17 @@ def test_a_beam_is_refused_for_an_mdn_and_beyond_the_combinations(planar3_ar):
                      checkpoint.config, checkpoint.arm)
     with pytest.raises(IKMDNError, match="a beam width is for autoregressive models"):
         with_beam(mdn, 2)
+
+
+def test_training_does_not_depend_on_the_beam(tmp_path):
+    """What with_beam relies on: two runs that differ in the beam alone train the same weights."""
+    from ikmdn.train import train_run
+
+    states = [train_run(TrainConfig(arm="planar3", kind="autoregressive", components=k,
+                                    samples=2000, epochs=1, hidden=(16,), factor_hidden=(16,),
+                                    seed=0), tmp_path / str(k)).model.state_dict()
+              for k in (8, 4)]
+    assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
 
 
 def test_cli_exports_with_a_narrower_beam(planar3_ar, tmp_path):

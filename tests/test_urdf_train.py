@@ -50,7 +50,7 @@ def test_ur5_preset_and_ur5_urdf_train_alike():
     preset, urdf = default_config("ur5"), default_config(_ur5_ros())
     assert _without_arm(preset) == _without_arm(urdf)
     assert preset.arm == "ur5" and isinstance(urdf.arm, dict)
-    assert urdf.components == 32  # a 6-D pose arm: the wide network
+    assert urdf.components == 16 and urdf.kind == "autoregressive"  # a 6-D pose arm, 6 joints
 
 
 @pytest.mark.parametrize("arm", [
