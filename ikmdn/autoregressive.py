@@ -2,10 +2,11 @@
 
 Each factor is a 1-D mixture of M Gaussians (wrapped for periodic joints) over one joint, in the
 joint order o stored in the config, conditioned on the target x and on the joints before it
-(each entering as (cos q, sin q, standardised q)). A body shared by all factors maps x to one
-context vector per factor (once per target); a factor's own layers take its context plus a
-linear map of the earlier joints' features. The beam search therefore runs only the small factor
-layers per candidate. Training is teacher-forced: every factor sees
+(each entering as (cos q, sin q, standardised q), q held within 4 standard deviations of its
+training mean). A body shared by all factors maps x to one context vector per factor (once per
+target); a factor's own layers take its context plus a linear map of the earlier joints'
+features. The beam search therefore runs only the small factor layers per candidate. Training
+is teacher-forced: every factor sees
 the true earlier joints, so one pass scores the exact log-likelihood. A forward pass runs a beam
 search over the factors' components (beam width B = config.components) and returns the B
 surviving joint vectors as the candidates, with the same contract as the MDN's forward:
@@ -32,6 +33,15 @@ from ikmdn.mdn import ACTIVATIONS, ConditionalDensity, MDNConfig, gaussian_log_k
 
 JOINT_FEATURES = 3  # each earlier joint enters a factor as (cos q, sin q, standardised q)
 STATE_COLUMNS = JOINT_FEATURES + 2  # per joint in a beam's state: its features, q, raw spread
+FEATURE_BOUND = 4.0  # standardised joint values are fed to later factors within +-4 (see _bounded)
+
+
+def _bounded(z: torch.Tensor) -> torch.Tensor:
+    """Standardised joint values z as the later factors see them: within +-FEATURE_BOUND. Training
+    joints lie within the limits (|z| <= 1.8), so this changes nothing there; a far-off target's
+    extrapolated values (thousands of radians) would otherwise feed cos, sin and the next layers
+    numbers whose float32 rounding decides the beam."""
+    return torch.clamp(z, -FEATURE_BOUND, FEATURE_BOUND)
 
 
 class StackedLayers(nn.Module):
@@ -108,7 +118,9 @@ class AutoregressiveMixture(ConditionalDensity):
         """(..., j * 3) features of joint values (..., j) in physical units: (cos q, sin q,
         standardised q) joint by joint (one concatenation and one constant gather)."""
         j = values.shape[-1]
-        blocks = torch.cat([torch.cos(values), torch.sin(values), (values - mean) / std], dim=-1)
+        z = _bounded((values - mean) / std)
+        values = z * std + mean
+        blocks = torch.cat([torch.cos(values), torch.sin(values), z], dim=-1)
         order = [i + f * j for i in range(j) for f in range(JOINT_FEATURES)]
         return blocks.index_select(-1, torch.tensor(order, device=values.device))
 
@@ -215,7 +227,9 @@ class AutoregressiveMixture(ConditionalDensity):
             if margins and self.config.periodic_outputs[self.config.joint_order[j]]:
                 # a value at +-pi may be wrapped to either end: the next factors see another input
                 gap = torch.minimum(gap, (math.pi - q.abs()).amin((1, 2)))
-            placed = torch.cat([torch.cos(q), torch.sin(q), (q - mean[j]) / std[j], q, raw_spread],
+            z = _bounded((q - mean[j]) / std[j])
+            seen = z * std[j] + mean[j]                                    # q as later factors see it
+            placed = torch.cat([torch.cos(seen), torch.sin(seen), z, q, raw_spread],
                                dim=-1)                                     # (N, k, 5)
             if j:   # each kept candidate's parent beam, by a constant lookup and a broadcast
                 parent = torch.tensor([i // m for i in range(b * m)], device=x.device)[pick]

@@ -96,6 +96,22 @@ def _enumerate(model: AutoregressiveMixture, x: torch.Tensor):
     return sorted(rows, key=lambda r: -r[0])
 
 
+def test_earlier_joints_are_fed_within_four_deviations():
+    """In-limit joints (all training sees) enter the later factors as they are; a far-off
+    target's extrapolated value enters at 4 standard deviations, as cos, sin and z alike."""
+    model = _model("planar3", components=4)
+    mean, std, _ = model._ordered_stats()
+    q = torch.tensor(get_arm("planar3").sample_joints(200, np.random.default_rng(0)))
+    z = (q - mean) / std
+    expected = torch.stack([torch.cos(q), torch.sin(q), z], dim=-1).reshape(200, -1)
+    np.testing.assert_allclose(model._joint_features(q, mean, std).numpy(), expected.numpy(),
+                               rtol=0, atol=1e-15)
+    far = mean + torch.tensor([1e4, -1e4, 0.5]) * std
+    features = model._joint_features(far[None], mean, std).reshape(3, 3)
+    np.testing.assert_allclose(features[:, 2].numpy(), [4.0, -4.0, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(features[0, 0].numpy(), np.cos(float(mean[0] + 4 * std[0])), rtol=1e-12)
+
+
 @pytest.mark.parametrize("beam", [9, 4])
 def test_beam_search_matches_enumeration(beam):
     """With 3 components and 2 joints every prefix survives the first step, so the beam holds
