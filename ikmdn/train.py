@@ -225,14 +225,15 @@ POSITION_CHAIN_DEFAULTS: dict[str, Any] = {"hidden": (256, 256, 256), "component
 POSE_CHAIN_DEFAULTS: dict[str, Any] = {"hidden": (256, 256, 256, 256), "components": 32,
                                        "samples": 1_500_000, "epochs": 12, "batch_size": 1024,
                                        "lr": 1e-3, "resample": True}
-# the autoregressive model's beam (candidates per target; training does not depend on it):
-# scripts/bench_model.py, UR5 16 -> 99.66% of branches at twice the speed of 32 (99.86%); Panda
-# 24 -> 22 distinct solutions per pose (32 -> 29)
-BEAM, REDUNDANT_BEAM = 16, 24
+# the autoregressive model's beam is its K (candidates per target; training does not depend on
+# it): scripts/bench_model.py, UR5 16 -> 99.66% of branches at twice the speed of 32 (99.86%);
+# Panda 24 -> 22 distinct solutions per pose (32 -> 29)
 POSE_CHAIN_AUTOREGRESSIVE: dict[str, Any] = {
-    "hidden": (256, 256, 256), "factor_hidden": (128, 128),
+    "hidden": (256, 256, 256), "factor_hidden": (128, 128), "components": 16,
     "factor_components": 6, "samples": 1_500_000, "epochs": 12, "batch_size": 1024, "lr": 2e-3,
     "resample": True}
+REDUNDANT_AUTOREGRESSIVE: dict[str, Any] = {"components": 24, "factor_hidden": (64, 64),
+                                            "epochs": 24}
 
 
 def arm_defaults(arm: Arm, kind: str | None = None) -> dict[str, Any]:
@@ -241,8 +242,10 @@ def arm_defaults(arm: Arm, kind: str | None = None) -> dict[str, Any]:
     - 6-D pose targets, or 6 joints and more (many branches, or a redundant continuum): the
       autoregressive mixture, a 3 x 256 body, 2 x 128 per joint, on fresh data every epoch
       (~10 min on 2 cores), with a beam of 16 candidates (a 6R arm has at most 16 IK
-      solutions; UR5 has 8) or, for a redundant arm (more joints than residual dimensions), 24
-      (samples of its solution continuum); as an MDN: 4 x 256, K = 32;
+      solutions; UR5 has 8); a redundant arm (more joints than residual dimensions) gets a beam
+      of 24 (samples of its solution continuum) and, as its beam runs 7 factors on 24 rows,
+      2 x 64 per joint trained for 24 epochs (Panda: the accuracy of 2 x 128 x 12 epochs within
+      the same time, and 1.5x its solve speed); as an MDN: 4 x 256, K = 32;
     - a 3-D position chain (up to 4 shoulder/elbow branches): an MDN, 3 x 256, K = 8, fresh data;
     - planar-sized arms: an MDN, 3 x 128 on a fixed 200,000 pairs; K = 8 when a joint turns a
       full circle (branches and the wrap of each joint), else K = 2 (Bishop's limited arm).
@@ -251,8 +254,8 @@ def arm_defaults(arm: Arm, kind: str | None = None) -> dict[str, Any]:
     """
     if arm.pose_targets or arm.dof >= 6:
         if kind in (None, "autoregressive"):
-            beam = REDUNDANT_BEAM if arm.dof > arm.residual_dim else BEAM
-            return {**POSE_CHAIN_AUTOREGRESSIVE, "components": beam, "kind": "autoregressive"}
+            redundant = REDUNDANT_AUTOREGRESSIVE if arm.dof > arm.residual_dim else {}
+            return {**POSE_CHAIN_AUTOREGRESSIVE, **redundant, "kind": "autoregressive"}
         return {**POSE_CHAIN_DEFAULTS, "kind": kind}
     if arm.residual_dim == 3 and arm.target_dim == 3 and not arm.angular_targets.any() \
             and arm.kind != "planar":

@@ -171,7 +171,9 @@ def test_defaults_pick_the_model_by_the_arms_properties():
     assert default_config("ur5").kind == "autoregressive"
     assert default_config("panda").kind == "autoregressive"
     assert default_config("ur5").components == 16      # at most 16 solutions of a 6R arm
-    assert default_config("panda").components == 24    # a redundant arm's continuum
+    panda = default_config("panda")                     # a redundant arm's continuum
+    assert (panda.components, panda.factor_hidden, panda.epochs) == (24, (64, 64), 24)
+    assert default_config("ur5").factor_hidden == (128, 128)
     assert default_config("bishop").kind == "mdn"
     assert default_config("ur5", kind="mdn").hidden == (256, 256, 256, 256)
 
