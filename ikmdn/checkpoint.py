@@ -326,8 +326,9 @@ class CheckpointModel:
     def load(cls, path: str | Path) -> CheckpointModel:
         return cls(load_checkpoint(path), str(path))
 
-    def predict(self, targets) -> Mixture:
-        """Mixture over joints for targets (N, target_dim)."""
+    def predict(self, targets, threads: int | None = None) -> Mixture:
+        """Mixture over joints for targets (N, target_dim); threads is the runtime's hint (torch
+        keeps its own thread count)."""
         x = as_batch(targets, self.arm.target_dim, "targets")
         with torch.no_grad():
             out = self.checkpoint.model(torch.as_tensor(x, dtype=torch.float32))

@@ -512,12 +512,14 @@ class OnnxModel:
     def load(cls, path: str | Path, threads: int | None = None) -> OnnxModel:
         return cls(path, threads)
 
-    def predict(self, targets) -> Mixture:
+    def predict(self, targets, threads: int | None = None) -> Mixture:
         """Mixture over joints (float32) for targets (N, target_dim) in physical units.
 
-        Batches of at most SMALL_BATCH rows run on one intra-op thread whatever `threads` says:
-        waking a second thread for each of a beam search's few hundred tiny nodes costs more than
-        it gives (UR5's autoregressive model, one pose: 0.33 ms on 2 threads, 0.20 ms on 1).
+        Batches of at most SMALL_BATCH rows run on one intra-op thread whatever the session's
+        threads say: waking a second thread for each of a beam search's few hundred tiny nodes
+        costs more than it gives (UR5's autoregressive model, one pose: 0.33 ms on 2 threads,
+        0.20 ms on 1). So does a call with threads=1: a solve() batch that shares the cores with
+        another batch in flight (1,000 Panda poses, autoregressive: 82 -> 78 ms).
 
         A single target (target_dim,) is promoted to (1, target_dim); an empty batch gives empty
         arrays. Wrong shapes, NaN or infinite values and coordinates beyond +-MAX_TARGET raise
@@ -529,7 +531,7 @@ class OnnxModel:
         if len(x) == 0:
             return Mixture(np.zeros((0, k), np.float32), np.zeros((0, k, dof), np.float32),
                            np.zeros((0, k, dof), np.float32))
-        session = self.session if len(x) > SMALL_BATCH else self._small_session
+        session = self._small_session if len(x) <= SMALL_BATCH or threads == 1 else self.session
         try:
             weights, means, sigmas = session.run(OUTPUT_NAMES, {INPUT_NAME: x})
         except Exception as exc:  # onnxruntime's own types (Fail, RuntimeException, ...), MemoryError

@@ -195,7 +195,8 @@ def merge_duplicates(joints: np.ndarray, weights: np.ndarray, tol: float = MERGE
 
 class IKSolver:
     """Solve IK for batches of targets with a trained model (.onnx through the runtime, or a
-    training checkpoint, which needs torch)."""
+    training checkpoint, which needs torch). A model is anything with `arm`, `components` and
+    `predict(targets, threads=None) -> Mixture` (threads: the batch's share, a hint)."""
 
     def __init__(self, model, refine_settings: RefineSettings | None = None,
                  reach_tol: float = 1e-6, batch_size: int = BATCH_SIZE,
@@ -387,7 +388,7 @@ class IKSolver:
         if mode == "best":
             return self._solve_best(x, do_refine, rng, near, threads)
         arm = self.arm
-        mixture: Mixture = self.model.predict(x)
+        mixture: Mixture = self.model.predict(x, threads=threads)
         if do_refine:   # sorted heaviest first, in float64, in one compiled pass
             from ikmdn.kernels import sorted_modes
 
@@ -513,7 +514,7 @@ class IKSolver:
                 done |= found <= NEAR_ACCEPT
         rows = np.flatnonzero(~done)
         if rows.size:
-            mixture = self.model.predict(x[rows]).sorted_by_weight()
+            mixture = self.model.predict(x[rows], threads=threads).sorted_by_weight()
             means = mixture.means.astype(np.float64)
             k_all = mixture.components
             order = np.arange(k_all)[None].repeat(rows.size, axis=0)

@@ -36,7 +36,7 @@ class RandomSeeds:
         self.arm, self.components = arm, components
         self.rng = np.random.default_rng(seed)
 
-    def predict(self, targets) -> Mixture:
+    def predict(self, targets, threads=None) -> Mixture:
         n, k, dof = len(targets), self.components, self.arm.dof
         means = self.arm.sample_joints(n * k, self.rng).reshape(n, k, dof)
         return Mixture(np.full((n, k), 1.0 / k), means, np.ones((n, k, dof)))

@@ -73,7 +73,7 @@ class PerturbedOracle:
         self.arm, self.noise, self.rng = arm, noise, np.random.default_rng(seed)
         self.components = 8
 
-    def predict(self, targets) -> Mixture:
+    def predict(self, targets, threads=None) -> Mixture:
         branches, valid = closed_form_ik(self.arm, targets)
         means = np.where(valid[..., None], branches, 0.0)
         means = means + self.noise * self.rng.standard_normal(means.shape)

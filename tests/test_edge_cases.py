@@ -59,7 +59,7 @@ def test_fallback_keeps_weights_summing_to_one(monkeypatch, k):
         def __init__(self):
             self.arm = arm
 
-        def predict(self, x):
+        def predict(self, x, threads=None):
             n = len(x)
             means = 2.5 + 0.5 * np.arange(k)[None, :, None] * np.ones((n, k, 3))  # all distinct
             weights = np.tile(np.linspace(2, 1, k) / np.linspace(2, 1, k).sum(), (n, 1))

@@ -113,7 +113,7 @@ def test_fallback_seeds_rescue_targets_no_mode_solves(monkeypatch):
     monkeypatch.setattr(solve_module, "refine", modes_fail)
 
     class FarModes(PerturbedOracle):
-        def predict(self, x):
+        def predict(self, x, threads=None):
             mix = super().predict(x)
             return Mixture(mix.weights, mix.means + 3.0, mix.sigmas)
 

@@ -242,7 +242,7 @@ class _RowByRow:
     def __init__(self, model: OnnxModel):
         self.model, self.arm, self.components = model, model.arm, model.components
 
-    def predict(self, targets) -> Mixture:
+    def predict(self, targets, threads=None) -> Mixture:
         parts = [self.model.predict(row[None]) for row in np.asarray(targets)]
         return Mixture(*(np.concatenate([getattr(p, f) for p in parts])
                          for f in ("weights", "means", "sigmas")))
