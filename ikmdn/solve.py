@@ -22,10 +22,11 @@ from ikmdn.refine import RefineSettings, default_settings, refine, refine_thread
 MERGE_TOL = 1e-6  # rad: candidates closer than this (modulo 2 pi) are one solution
 MODES = ("all", "best")
 BATCH_WORKERS = 2  # batches of one solve() in flight at once (see IKSolver.solve)
-# targets per batch: small enough that a 1,000-pose solve runs two batches in flight (1,000
-# Panda poses: MDN 137 -> 126 ms, autoregressive 95 -> 82 ms; 10,000: 1354 -> 1289 and 925 ->
-# 829 ms, 2 threads), large enough that onnxruntime and the refinement threads stay efficient
-BATCH_SIZE = 512
+# A solve() of more than SPLIT_MIN targets runs in at least two batches, so that two are in
+# flight and one's network inference overlaps the other's refinement (1,000 Panda poses: MDN
+# 137 -> 126 ms, autoregressive 95 -> 82 ms, 2 threads); SPLIT_MIN keeps tiny batches, whose
+# per-batch overhead would outweigh that, whole.
+SPLIT_MIN = 512
 NEAR_DAMPING = 1e-3  # initial LM damping of a `near` reference seed (see IKSolver.near_settings)
 NEAR_ACCEPT = 0.25   # rad: mode "best" keeps the reference's own solution within this of it
 NEAR_JITTER, NEAR_JITTER_SEEDS = 0.05, 8   # rad, count: seeds around a reference that stalls
@@ -199,13 +200,13 @@ class IKSolver:
     `predict(targets, threads=None) -> Mixture` (threads: the batch's share, a hint)."""
 
     def __init__(self, model, refine_settings: RefineSettings | None = None,
-                 reach_tol: float = 1e-6, batch_size: int = BATCH_SIZE,
+                 reach_tol: float = 1e-6, batch_size: int = 16384,
                  fallback_seeds: int | None = None, seed: int = 0, threads: int | None = None):
         """fallback_seeds: extra seeds tried for targets no mode solves (None: 0 for planar arms,
         64 for spatial chains), half drawn around the modes, half uniformly within the limits.
         threads: refinement threads (None: `ikmdn.refine.refine_threads()`); a solve() of more
-        than batch_size targets shares them between two batches in flight, so one's network
-        inference overlaps the other's refinement (BATCH_SIZE)."""
+        than SPLIT_MIN targets runs in batches of at most batch_size and at most half its
+        targets, two in flight sharing the threads."""
         if threads is not None and threads < 1:
             raise IKMDNError(f"threads must be a positive integer, got {threads}")
         self.model = model
@@ -263,23 +264,24 @@ class IKSolver:
             raise IKMDNError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         x = as_batch(targets, self.arm.target_dim, "targets")
         ref = None if near is None else self._reference(near, len(x))
-        if len(x) <= self.batch_size:
+        size = self.batch_size if len(x) <= SPLIT_MIN else min(self.batch_size, -(-len(x) // 2))
+        if len(x) <= size:
             return self._solve_batch(x, refine, np.random.default_rng([self.seed, 0]), mode, ref,
                                      self.threads)
-        # Two batches at a time, sharing the threads: one's serial bookkeeping overlaps the
-        # other's inference and refinement. Each batch is computed as it would be alone (fallback
-        # seeds are drawn per batch from (seed, first row)), so results are those of one batch
-        # after another, and the seeds do not depend on how a caller splits its targets into
-        # solve() calls of batch_size rows. (The network's outputs can differ in the last bits
-        # with the number of rows per onnxruntime call, so batch_size itself is not free.)
-        starts = range(0, len(x), self.batch_size)
+        # Two batches at a time, sharing the threads: one's serial bookkeeping and network
+        # inference overlap the other's refinement. Each batch is computed as it would be alone
+        # (fallback seeds are drawn per batch from (seed, first row)), so results are those of
+        # one batch after another whatever the threads. (The network's outputs can differ in the
+        # last bits with the number of rows per onnxruntime call, so the split itself is not
+        # free.)
+        starts = range(0, len(x), size)
         threads = self.threads or refine_threads()
         workers = min(BATCH_WORKERS, threads, len(starts))
 
         def batch(s: int) -> Solutions:
-            return self._solve_batch(x[s:s + self.batch_size], refine,
+            return self._solve_batch(x[s:s + size], refine,
                                      np.random.default_rng([self.seed, s]), mode,
-                                     None if ref is None else ref[s:s + self.batch_size],
+                                     None if ref is None else ref[s:s + size],
                                      max(1, threads // workers))
 
         if workers == 1:

@@ -182,11 +182,9 @@ def test_output_npz(model, tmp_path, bishop_targets):
 
 
 def test_output_npz_many_batches(trained_models, tmp_path):
-    """More targets than one read of the file: the .npz is assembled chunk by chunk."""
-    from ikmdn.cli.solve import READ_ROWS
-
+    """More targets than the solver's batch: the .npz is assembled batch by batch."""
     bishop = trained_models("bishop")
-    x = workspace_targets(bishop.arm, READ_ROWS + 10, seed=52)
+    x = workspace_targets(bishop.arm, 16384 + 10, seed=52)
     targets = tmp_path / "t.npy"
     np.save(targets, x)
     out = tmp_path / "out.npz"

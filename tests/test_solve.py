@@ -260,6 +260,28 @@ def test_batches_equal_one_batch_exactly(trained):
         assert (parts.refined, parts.reach_tol) == (whole.refined, whole.reach_tol)
 
 
+def test_a_large_solve_runs_as_two_batches_in_flight(trained):
+    """More than SPLIT_MIN targets are split in halves (two batches in flight): the bits of
+    solving each half alone (workspace targets: no fallback seeds, which are drawn per batch)."""
+    from ikmdn.solve import SPLIT_MIN
+
+    class Recording(_RowByRow):
+        def predict(self, targets, threads=None) -> Mixture:
+            calls.append((len(targets), threads))
+            return super().predict(targets)
+
+    calls = []
+    model = Recording(OnnxModel.load(trained.onnx_path))
+    x = workspace_targets(trained.arm, SPLIT_MIN + 2, seed=35)
+    solver = IKSolver(model, threads=2)
+    whole, half = solver.solve(x), len(x) // 2
+    assert sorted(calls) == [(half, 1), (half, 1)]   # two batches, one thread each
+    first, second = solver.solve(x[:half]), solver.solve(x[half:])
+    for name, a in whole.arrays().items():
+        np.testing.assert_array_equal(np.concatenate([getattr(first, name), getattr(second, name)]),
+                                      a, err_msg=name)
+
+
 def test_batches_equal_one_batch_with_onnxruntime(onnx_solver):
     """With the real session the batch size may change float32 rounding, nothing else."""
     x = workspace_targets(onnx_solver.arm, 60, seed=33)

@@ -14,8 +14,6 @@ from ikmdn.cli._base import THREADS, cli, default_model, positive
 from ikmdn.refine import MAX_ITER
 from ikmdn.solve_output import FORMATS
 
-READ_ROWS = 16384  # targets read from a file per solve() call (which runs them in batches)
-
 
 def _parse_coordinates(values: tuple[str, ...]) -> list[float]:
     from ikmdn.targets_io import MAX_ABS, show
@@ -169,7 +167,7 @@ def solve_command(coordinates, model_path, targets_path, fmt, output, no_refine,
               else [within(MAX_TARGET, names)])
     if targets_path:
         source = TargetsFile(targets_path, len(names), names=names, checks=checks)
-        total, chunks = len(source), source.batches(READ_ROWS)
+        total, chunks = len(source), source.batches(solver.batch_size)
     else:
         if len(numbers) != len(names):
             raise click.BadParameter(
