@@ -2,12 +2,12 @@
 
 Each factor is a 1-D mixture of M Gaussians (wrapped for periodic joints) over one joint, in the
 joint order o stored in the config, conditioned on the target x and on the joints before it
-(each entering as (cos q, sin q, standardised q), q held within 4 standard deviations of its
-training mean). A body shared by all factors maps x to one context vector per factor (once per
-target); a factor's own layers take its context plus a linear map of the earlier joints'
-features. The beam search therefore runs only the small factor layers per candidate. Training
-is teacher-forced: every factor sees
-the true earlier joints, so one pass scores the exact log-likelihood. A forward pass runs a beam
+(each entering as (cos q, sin q, standardised q), q wrapped into [-pi, pi) for a periodic joint,
+else held within 4 standard deviations of its training mean). A body shared by all factors maps
+x to one context vector per factor (once per target); a factor's own layers take its context
+plus a linear map of the earlier joints' features. The beam search therefore runs only the
+small factor layers per candidate. Training is teacher-forced: every factor sees the true
+earlier joints, so one pass scores the exact log-likelihood. A forward pass runs a beam
 search over the factors' components (beam width B = config.components) and returns the B
 surviving joint vectors as the candidates, with the same contract as the MDN's forward:
 
@@ -33,15 +33,7 @@ from ikmdn.mdn import ACTIVATIONS, ConditionalDensity, MDNConfig, gaussian_log_k
 
 JOINT_FEATURES = 3  # each earlier joint enters a factor as (cos q, sin q, standardised q)
 STATE_COLUMNS = JOINT_FEATURES + 2  # per joint in a beam's state: its features, q, raw spread
-FEATURE_BOUND = 4.0  # standardised joint values are fed to later factors within +-4 (see _bounded)
-
-
-def _bounded(z: torch.Tensor) -> torch.Tensor:
-    """Standardised joint values z as the later factors see them: within +-FEATURE_BOUND. Training
-    joints lie within the limits (|z| <= 1.8), so this changes nothing there; a far-off target's
-    extrapolated values (thousands of radians) would otherwise feed cos, sin and the next layers
-    numbers whose float32 rounding decides the beam."""
-    return torch.clamp(z, -FEATURE_BOUND, FEATURE_BOUND)
+FEATURE_BOUND = 4.0  # non-periodic joints reach later factors within 4 deviations (see _seen)
 
 
 class StackedLayers(nn.Module):
@@ -113,14 +105,35 @@ class AutoregressiveMixture(ConditionalDensity):
         """(mean (c,), std (c,), periodic (c,)) of the joints in factor order."""
         return self.out_mean[self.order], self.out_std[self.order], self.periodic[self.order]
 
+    def _seen(self, values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, first: int,
+              wrapped: bool = False) -> torch.Tensor:
+        """Values (..., j) of factors first .. first + j - 1 (mean, std (j,) theirs) as later
+        factors see them: a periodic joint's wrapped into [-pi, pi) (wrapped=True: they already
+        are, as the beam's), the others held within FEATURE_BOUND standard deviations of their
+        training mean. Training joints lie within the limits (|z| <= 1.8), so the bound changes
+        nothing there; a far-off target's extrapolated values (thousands of radians) would
+        otherwise feed cos, sin and the next layers numbers whose float32 rounding decides the
+        beam. Wrapping makes training see a joint of more than one turn (a URDF's +-2 pi) as the
+        beam does."""
+        order, periodic = self.config.joint_order, self.config.periodic_outputs
+        flags = [periodic[order[i]] for i in range(first, first + values.shape[-1])]
+        turned = values if wrapped else torch.remainder(values + math.pi, 2 * math.pi) - math.pi
+        if all(flags):
+            return turned
+        bounded = torch.minimum(torch.maximum(values, mean - FEATURE_BOUND * std),
+                                mean + FEATURE_BOUND * std)
+        if not any(flags):
+            return bounded
+        return torch.where(torch.tensor(flags, device=values.device), turned, bounded)
+
     def _joint_features(self, values: torch.Tensor, mean: torch.Tensor,
                         std: torch.Tensor) -> torch.Tensor:
-        """(..., j * 3) features of joint values (..., j) in physical units: (cos q, sin q,
-        standardised q) joint by joint (one concatenation and one constant gather)."""
+        """(..., j * 3) features of the first j factors' values (..., j) in physical units:
+        (cos q, sin q, standardised q) of q as later factors see it (`_seen`), joint by joint
+        (one concatenation and one constant gather)."""
         j = values.shape[-1]
-        z = _bounded((values - mean) / std)
-        values = z * std + mean
-        blocks = torch.cat([torch.cos(values), torch.sin(values), z], dim=-1)
+        seen = self._seen(values, mean, std, 0)
+        blocks = torch.cat([torch.cos(seen), torch.sin(seen), (seen - mean) / std], dim=-1)
         order = [i + f * j for i in range(j) for f in range(JOINT_FEATURES)]
         return blocks.index_select(-1, torch.tensor(order, device=values.device))
 
@@ -206,7 +219,7 @@ class AutoregressiveMixture(ConditionalDensity):
         # b (beams so far) is a Python int and reshapes say -1 for N: the exported graph carries
         # no shape arithmetic, which dominates a single pose's inference
         scores = torch.zeros_like(contexts[:, 0, :1])                      # (N, b)
-        state = contexts[:, :1, :0]                                        # (N, b, 5 j)
+        state = contexts[:, :1, :0]                             # (N, b, 5 j), empty before j = 0
         gap = torch.full_like(contexts[:, 0, 0], math.inf)
         b = 1
         for j in range(c):
@@ -227,17 +240,17 @@ class AutoregressiveMixture(ConditionalDensity):
             if margins and self.config.periodic_outputs[self.config.joint_order[j]]:
                 # a value at +-pi may be wrapped to either end: the next factors see another input
                 gap = torch.minimum(gap, (math.pi - q.abs()).amin((1, 2)))
-            z = _bounded((q - mean[j]) / std[j])
-            seen = z * std[j] + mean[j]                                    # q as later factors see it
-            placed = torch.cat([torch.cos(seen), torch.sin(seen), z, q, raw_spread],
-                               dim=-1)                                     # (N, k, 5)
+            seen = self._seen(q, mean[j:j + 1], std[j:j + 1], j, wrapped=True)
+            placed = torch.cat([torch.cos(seen), torch.sin(seen), (seen - mean[j]) / std[j], q,
+                                raw_spread], dim=-1)                       # (N, k, 5)
             if j:   # each kept candidate's parent beam, by a constant lookup and a broadcast
                 parent = torch.tensor([i // m for i in range(b * m)], device=x.device)[pick]
                 index = parent + torch.zeros(1, 1, j * STATE_COLUMNS, dtype=torch.long,
                                              device=x.device)
                 placed = torch.cat([state.gather(1, index), placed], dim=-1)
             state, b = placed, k
-        columns = [STATE_COLUMNS * int(i) for i in self.inverse_order]     # joints in arm order
+        order = self.config.joint_order
+        columns = [STATE_COLUMNS * order.index(a) for a in range(c)]     # joints in arm order
         values = state[..., torch.tensor(columns, device=x.device) + JOINT_FEATURES]
         raw = state[..., torch.tensor(columns, device=x.device) + JOINT_FEATURES + 1]
         spreads = (F.softplus(raw) + self.config.sigma_floor) * self.out_std

@@ -335,26 +335,35 @@ class CheckpointModel:
         return Mixture(*(t.numpy() for t in out))
 
 
+# metrics of the training itself, which a new beam leaves true (the others measure candidates)
+TRAINING_METRICS = ("val_nll", "epoch", "train_seconds", "world_size", "trained_components")
+
+
 def with_beam(checkpoint: Checkpoint, width: int) -> Checkpoint:
     """checkpoint with its autoregressive model's beam width (its K: candidates per target) set
     to width. Training does not depend on the beam, so the weights are kept; the configs say
-    the new K and the beam-dependent metrics (best-mode and min-over-modes RMS) are measured
-    again. IKMDNError for an MDN (its K is fixed by training) or a width the model cannot fill."""
+    the new K; of the metrics the training ones (TRAINING_METRICS) are kept, best-mode and
+    min-over-modes RMS measured again, and metrics["trained_components"] says the K it was
+    trained with. IKMDNError for an
+    MDN (its K is fixed by training) or a width the model cannot fill."""
     from dataclasses import replace
 
     from ikmdn.evaluate import quick_metrics
 
     model = checkpoint.model
     if model.config.kind != "autoregressive":
-        raise IKMDNError(f"a beam width is for autoregressive models; this one is a "
-                         f"{model.config.kind}, whose K = {model.config.components} is fixed by training")
+        raise IKMDNError(f"a beam width is for autoregressive models, not {model.config.kind} "
+                         f"(its K = {model.config.components} is fixed by training)")
     if width == model.config.components:
         return checkpoint
-    rebuilt = build_network(replace(model.config, components=width))  # checks the width
+    with torch.random.fork_rng(devices=[]):   # the throwaway initial weights draw from torch's RNG
+        rebuilt = build_network(replace(model.config, components=width))  # checks the width
     rebuilt.load_state_dict(model.state_dict())
     rebuilt.eval()
     config = replace(checkpoint.config, components=width)
+    kept = {k: v for k, v in checkpoint.metrics.items() if k in TRAINING_METRICS}
     beamed = Checkpoint(rebuilt, config, checkpoint.arm, {})
     measured = quick_metrics(checkpoint.arm, CheckpointModel(beamed).predict, seed=config.seed + 1)
-    beamed.metrics = {**checkpoint.metrics, **measured, "trained_components": model.config.components}
+    beamed.metrics = {**kept, **measured,
+                      "trained_components": kept.get("trained_components", model.config.components)}
     return beamed

@@ -204,9 +204,9 @@ class IKSolver:
                  fallback_seeds: int | None = None, seed: int = 0, threads: int | None = None):
         """fallback_seeds: extra seeds tried for targets no mode solves (None: 0 for planar arms,
         64 for spatial chains), half drawn around the modes, half uniformly within the limits.
-        threads: refinement threads (None: `ikmdn.refine.refine_threads()`); a solve() of more
-        than SPLIT_MIN targets runs in batches of at most batch_size and at most half its
-        targets, two in flight sharing the threads."""
+        threads: refinement threads (None: `ikmdn.refine.refine_threads()`). A solve() runs in
+        batches of at most batch_size targets, and of at most half its targets when it has more
+        than SPLIT_MIN; more than one batch: two in flight, sharing the threads."""
         if threads is not None and threads < 1:
             raise IKMDNError(f"threads must be a positive integer, got {threads}")
         self.model = model

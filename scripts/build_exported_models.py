@@ -98,11 +98,12 @@ def main() -> None:
     parser.add_argument("--arms", default=None,
                         help="arms to build [default: bishop,planar2,planar3; with --convert every "
                              "shipped format-1 file]")
-    parser.add_argument("--convert", action="store_true",
-                        help="rebuild shipped format-1 files as format 2 (no training)")
-    parser.add_argument("--readme", action="store_true", help="only rewrite the README table")
-    parser.add_argument("--reexport", action="store_true",
-                        help="export runs/<arm> again (current graph and default beam), no training")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--convert", action="store_true",
+                      help="rebuild shipped format-1 files as format 2 (no training)")
+    what.add_argument("--readme", action="store_true", help="only rewrite the README table")
+    what.add_argument("--reexport", action="store_true",
+                      help="export runs/<arm> again (current graph and default beam), no training")
     args = parser.parse_args()
     if args.convert:
         arms = args.arms.split(",") if args.arms else sorted(p.stem for p in MODELS.glob("*.onnx"))

@@ -96,20 +96,26 @@ def _enumerate(model: AutoregressiveMixture, x: torch.Tensor):
     return sorted(rows, key=lambda r: -r[0])
 
 
-def test_earlier_joints_are_fed_within_four_deviations():
-    """In-limit joints (all training sees) enter the later factors as they are; a far-off
-    target's extrapolated value enters at 4 standard deviations, as cos, sin and z alike."""
-    model = _model("planar3", components=4)
-    mean, std, _ = model._ordered_stats()
-    q = torch.tensor(get_arm("planar3").sample_joints(200, np.random.default_rng(0)))
-    z = (q - mean) / std
-    expected = torch.stack([torch.cos(q), torch.sin(q), z], dim=-1).reshape(200, -1)
-    np.testing.assert_allclose(model._joint_features(q, mean, std).numpy(), expected.numpy(),
-                               rtol=0, atol=1e-15)
-    far = mean + torch.tensor([1e4, -1e4, 0.5]) * std
-    features = model._joint_features(far[None], mean, std).reshape(3, 3)
+def test_earlier_joints_are_fed_as_the_beam_sees_them():
+    """In-limit joints (all training sees) enter the later factors as they are; a non-periodic
+    joint's far-off value at 4 standard deviations, a periodic joint's (a URDF's +-2 pi)
+    wrapped into [-pi, pi), in training as in the beam."""
+    rng = np.random.default_rng(0)
+    flat = _model("planar3", components=4, periodic=False)
+    mean, std, _ = flat._ordered_stats()
+    q = torch.tensor(get_arm("planar3").sample_joints(200, rng))
+    expected = torch.stack([torch.cos(q), torch.sin(q), (q - mean) / std], dim=-1).reshape(200, -1)
+    assert torch.equal(flat._joint_features(q, mean, std), expected)
+    far = mean + torch.tensor([1e4, -1e4, 0.5], dtype=mean.dtype) * std
+    features = flat._joint_features(far[None], mean, std).reshape(3, 3)
     np.testing.assert_allclose(features[:, 2].numpy(), [4.0, -4.0, 0.5], rtol=1e-12)
     np.testing.assert_allclose(features[0, 0].numpy(), np.cos(float(mean[0] + 4 * std[0])), rtol=1e-12)
+    turning = _model("planar3", components=4, periodic=True)
+    mean, std, _ = turning._ordered_stats()
+    turned = torch.tensor([[5.0, -5.0, 1.0]], dtype=mean.dtype)
+    wrapped = torch.tensor([[5.0 - 2 * math.pi, 2 * math.pi - 5.0, 1.0]], dtype=mean.dtype)
+    np.testing.assert_allclose(turning._joint_features(turned, mean, std).numpy(),
+                               turning._joint_features(wrapped, mean, std).numpy(), atol=1e-12)
 
 
 @pytest.mark.parametrize("beam", [9, 4])
@@ -126,6 +132,48 @@ def test_beam_search_matches_enumeration(beam):
     np.testing.assert_allclose(sigmas[0].numpy(), np.stack([r[2] for r in rows]), atol=1e-12)
     np.testing.assert_allclose(weights[0].numpy(), np.exp(scores - scores.max())
                                / np.exp(scores - scores.max()).sum(), atol=1e-12)
+
+
+def _plain_beam(model: AutoregressiveMixture, x: torch.Tensor, beam: int):
+    """The beam search written plainly for one target x (1, in): every beam a Python list of
+    its joint values, each factor run beam by beam through _first_layer, candidates sorted by
+    score (ties: beam, then component order). Returns (scores, joints, spreads), best first."""
+    c = model.config.output_dim
+    mean, std, _ = model._ordered_stats()
+    contexts = model._contexts(x)
+    beams = [(0.0, [], [])]
+    for j in range(c):
+        grown = []
+        for score, values, spreads in beams:
+            prefix = torch.tensor([values], dtype=x.dtype)
+            first = model._first_layer(contexts[:, j], prefix, mean, std, j)
+            log_w, mu, sigma = (t[0] for t in model._head(model.factors.factor(j, first)))
+            for comp in range(len(log_w)):
+                q = mu[comp] * std[j] + mean[j]
+                if model.config.periodic_outputs[model.config.joint_order[j]]:
+                    q = torch.remainder(q + math.pi, 2 * math.pi) - math.pi
+                grown.append((score + float(log_w[comp]), values + [float(q)],
+                              spreads + [float(sigma[comp] * std[j])]))
+        beams = sorted(grown, key=lambda r: -r[0])[:beam]
+    inverse = model.inverse_order.numpy()
+    return (np.array([b[0] for b in beams]), np.array([b[1] for b in beams])[:, inverse],
+            np.array([b[2] for b in beams])[:, inverse])
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_beam_search_matches_a_plain_beam_search(periodic):
+    """Three joints with pruning at every step (3 components, beam 4): the graph's beam (state
+    rows moved by one gather per step) keeps the plain search's candidates, in its order."""
+    model = _model("planar3", components=4, order=(2, 0, 1), periodic=periodic)
+    targets = torch.tensor(make_ik_dataset(get_arm("planar3"), 20, 5).inputs)
+    with torch.no_grad():
+        weights, means, sigmas = model(targets)
+        for i in range(len(targets)):
+            scores, joints, spreads = _plain_beam(model, targets[i:i + 1], 4)
+            np.testing.assert_allclose(means[i].numpy(), joints, atol=1e-12)
+            np.testing.assert_allclose(sigmas[i].numpy(), spreads, atol=1e-12)
+            expected = np.exp(scores - scores.max())
+            np.testing.assert_allclose(weights[i].numpy(), expected / expected.sum(), atol=1e-12)
 
 
 def test_sample_is_seeded_and_follows_the_factors():
@@ -263,22 +311,30 @@ def test_onnx_solves_like_the_checkpoint(planar3_ar):
 
 
 
-def test_a_narrower_beam_keeps_the_weights_and_the_best_candidates(planar3_ar):
-    """with_beam changes K alone: same weights, and (each step keeping every prefix the narrow
-    beam can hold) the narrow beam's candidates are the wide beam's first ones."""
-    from ikmdn.checkpoint import CheckpointModel, with_beam
+def test_a_narrower_beam_keeps_the_weights_and_the_best_candidates():
+    """with_beam changes K alone: the same weights, the training metrics kept, the candidate
+    metrics measured again; with 2 joints of 3 components every prefix survives the first step,
+    so a beam of 3 holds exactly the first 3 candidates of a beam of 9."""
+    from ikmdn.checkpoint import Checkpoint, CheckpointModel, with_beam
 
-    _, checkpoint, _ = planar3_ar
-    narrow = with_beam(checkpoint, 3)
+    model = _model("planar2", components=8, order=(1, 0)).float()
+    config = TrainConfig(arm="planar2", kind="autoregressive", components=8, factor_components=3,
+                         hidden=(16,), factor_hidden=(16, 8), joint_order=(1, 0), seed=0)
+    checkpoint = Checkpoint(model, config, get_arm("planar2"),
+                            {"val_nll": -3.0, "coverage": 0.9, "best_mode_rms": 1.0})
+    narrow, wide = with_beam(checkpoint, 3), with_beam(checkpoint, 9)
     assert narrow.model.config.components == narrow.config.components == 3
-    assert narrow.metrics["trained_components"] == 8 and narrow.metrics["min_over_modes_rms"] > 0
-    for a, b in zip(narrow.model.state_dict().values(), checkpoint.model.state_dict().values(),
-                    strict=True):
+    assert narrow.metrics["val_nll"] == -3.0 and "coverage" not in narrow.metrics
+    assert narrow.metrics["best_mode_rms"] != 1.0 and narrow.metrics["trained_components"] == 8
+    assert with_beam(narrow, 9).metrics["trained_components"] == 8
+    for a, b in zip(narrow.model.state_dict().values(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    targets = make_ik_dataset(get_arm("planar3"), 50, 3).inputs
-    wide, few = CheckpointModel(checkpoint).predict(targets), CheckpointModel(narrow).predict(targets)
-    assert few.means.shape == (50, 3, 3)
-    np.testing.assert_array_equal(few.means[:, 0], wide.means[:, 0])
+    targets = make_ik_dataset(get_arm("planar2"), 50, 3).inputs
+    few, many = CheckpointModel(narrow).predict(targets), CheckpointModel(wide).predict(targets)
+    assert few.means.shape == (50, 3, 2) and many.means.shape == (50, 9, 2)
+    np.testing.assert_allclose(few.means, many.means[:, :3], atol=1e-6)
+    np.testing.assert_allclose(few.weights / few.weights[:, :1],
+                               many.weights[:, :3] / many.weights[:, :1], rtol=1e-4)
     assert with_beam(checkpoint, 8) is checkpoint
 
 
