@@ -86,11 +86,7 @@ class AutoregressiveMixture(ConditionalDensity):
         order = torch.tensor(config.joint_order, dtype=torch.long)
         self.register_buffer("order", order)
         self.register_buffer("inverse_order", torch.argsort(order))
-        features, layers = self.feature_dim, []
-        for width in config.hidden:
-            layers += [nn.Linear(features, width), ACTIVATIONS[config.activation]()]
-            features = width
-        self.body = nn.Sequential(*layers)
+        self.body, features = self._make_body()
         self.context = nn.Linear(features, c * first)      # per factor: its first layer's share of x
         bound = 1 / math.sqrt(c * JOINT_FEATURES)
         # factor j's first layer on the earlier joints' features; rows of later joints stay unused

@@ -344,8 +344,9 @@ def with_beam(checkpoint: Checkpoint, width: int) -> Checkpoint:
     to width. Training does not depend on the beam, so the weights are kept; the configs say
     the new K; of the metrics the training ones (TRAINING_METRICS) are kept, best-mode and
     min-over-modes RMS measured again, and metrics["trained_components"] says the K it was
-    trained with. IKMDNError for an
-    MDN (its K is fixed by training) or a width the model cannot fill."""
+    trained with. IKMDNError for an MDN (its K is fixed by training) or a width the model cannot
+    fill."""
+    from copy import deepcopy
     from dataclasses import replace
 
     from ikmdn.evaluate import quick_metrics
@@ -356,10 +357,8 @@ def with_beam(checkpoint: Checkpoint, width: int) -> Checkpoint:
                          f"(its K = {model.config.components} is fixed by training)")
     if width == model.config.components:
         return checkpoint
-    with torch.random.fork_rng(devices=[]):   # the throwaway initial weights draw from torch's RNG
-        rebuilt = build_network(replace(model.config, components=width))  # checks the width
-    rebuilt.load_state_dict(model.state_dict())
-    rebuilt.eval()
+    rebuilt = deepcopy(model)
+    rebuilt.config = replace(model.config, components=width)  # MDNConfig checks the width
     config = replace(checkpoint.config, components=width)
     kept = {k: v for k, v in checkpoint.metrics.items() if k in TRAINING_METRICS}
     beamed = Checkpoint(rebuilt, config, checkpoint.arm, {})

@@ -518,8 +518,6 @@ class RefineCheck:
                 f"{self.joints_max:.1e} rad), errors vs numpy fk within {self.errors_max:.1e}")
 
 
-lm_error = residual_norm  # the refinement's error, as the tests and refine_check name it
-
 def refine_check(model: OnnxModel, seed: int = 0, n: int = 256) -> RefineCheck:
     """Compare a format-2 model's graph with ikmdn.refine.refine on n workspace targets."""
     arm = model.arm
@@ -533,7 +531,7 @@ def refine_check(model: OnnxModel, seed: int = 0, n: int = 256) -> RefineCheck:
     q, reached, err = refine(arm, q0, xs, settings)
     graph_err = out.errors.reshape(-1)
     graph_q = out.joints.reshape(-1, dof)
-    graph_conv = lm_error(arm, out.positions.reshape(-1, arm.target_dim), xs) <= settings.tol
+    graph_conv = residual_norm(arm, out.positions.reshape(-1, arm.target_dim), xs) <= settings.tol
     conv = err <= settings.tol
     both = conv & graph_conv
     fk_err = arm.target_error(arm.fk(graph_q), xs)

@@ -167,6 +167,15 @@ class ConditionalDensity(nn.Module):
         """Width of the body's input: each angular input becomes (cos, sin)."""
         return self.config.input_dim + sum(self.config.angular_inputs)
 
+    def _make_body(self) -> tuple[nn.Sequential, int]:
+        """The MLP of widths config.hidden on the body's input features, each layer followed by
+        the activation: (body, its output width)."""
+        features, layers = self.feature_dim, []
+        for width in self.config.hidden:
+            layers += [nn.Linear(features, width), ACTIVATIONS[self.config.activation]()]
+            features = width
+        return nn.Sequential(*layers), features
+
     def set_normalization(self, inputs: np.ndarray, outputs: np.ndarray) -> None:
         """Standardise with the mean and std of training inputs (N, in_dim) and outputs (N, c)."""
         def stats(a):
@@ -213,12 +222,7 @@ class MDN(ConditionalDensity):
     def __init__(self, config: MDNConfig):
         super().__init__(config)
         c, k = config.output_dim, config.components
-        features = self.feature_dim
-        layers: list[nn.Module] = []
-        for width in config.hidden:
-            layers += [nn.Linear(features, width), ACTIVATIONS[config.activation]()]
-            features = width
-        self.body = nn.Sequential(*layers)
+        self.body, features = self._make_body()
         self.head = nn.Linear(features, k * c if config.kind == "least_squares" else k * (1 + 2 * c))
         # The least-squares model's spread: the RMS residual per output, set after training.
         self.register_buffer("fixed_sigma", torch.ones(c))

@@ -116,10 +116,6 @@ def evaluation_bytes(samples: int, solvers) -> int:
                          for s in solvers)
 
 
-def _kind_label(evaluation: Evaluation) -> str:
-    return _model_name(evaluation.metrics["model"])
-
-
 class EvaluationJob:
     """A validated `ikmdn evaluate` run: models loaded, test set chosen, out folder ready.
 
@@ -225,7 +221,7 @@ class _Figures:
         hands = arm.fk(arm.sample_joints(WORKSPACE_POINTS, np.random.default_rng(seed + 1)))
         self.workspace3 = position_coordinates(arm, hands)
         self.workspace = self.workspace3[:, :2]
-        self.model_label = _kind_label(model)
+        self.model_label = _model_name(model.metrics["model"])
         self.files = figures_for(arm, base is not None)
 
     def xy(self, points: np.ndarray) -> np.ndarray:
@@ -327,7 +323,7 @@ class _Figures:
         from ikmdn import plots
 
         m, b, arm, n = self.model, self.base, self.arm, QUIVER_TARGETS
-        base_label = _kind_label(b)
+        base_label = _model_name(b.metrics["model"])
         title = (f"Bishop's Fig. 15 on arm {arm.name}{'' if self.spatial else self.view}: "
                  f"{base_label} vs {self.model_label} (one arrow scale)")
         project = self.workspace_of if self.spatial else self.xy

@@ -33,7 +33,7 @@ from ikmdn.checkpoint import (  # noqa: F401  (re-exported: the checkpoint file 
 )
 from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError, JobFailedError
-from ikmdn.mdn import MDN, ConditionalDensity, MDNConfig
+from ikmdn.mdn import ConditionalDensity, MDNConfig
 from ikmdn.network import build_network
 from ikmdn.outdir import run_folder, signals_raise, write_atomically
 from ikmdn.untrusted import MAX_SEED, short
@@ -336,7 +336,7 @@ class Trainer:
     round-trips through state_dict()/load_state_dict(), so a run can be resumed bit for bit.
     """
 
-    def __init__(self, model: MDN, source: TrainSource, val: Dataset, config: TrainConfig):
+    def __init__(self, model: ConditionalDensity, source: TrainSource, val: Dataset, config: TrainConfig):
         self.model, self.source, self.config = model, source, config
         self.device = _device(config.device)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -397,7 +397,7 @@ class Trainer:
         return total / len(self.xv)
 
     def fit(self, on_epoch: ProgressCallback | None = None,
-            on_best: Callable[[MDN, EpochRecord], None] | None = None,
+            on_best: Callable[[ConditionalDensity, EpochRecord], None] | None = None,
             on_epoch_end: Callable[[Trainer], None] | None = None) -> list[EpochRecord]:
         """Train the remaining epochs; leave the best-validation weights in the model.
 
@@ -453,9 +453,9 @@ class Trainer:
         self.history = [EpochRecord(**r) for r in json.loads(state["history"])]
 
 
-def fit(model: MDN, train: TrainSource, val: Dataset, config: TrainConfig,
+def fit(model: ConditionalDensity, train: TrainSource, val: Dataset, config: TrainConfig,
         on_epoch: ProgressCallback | None = None,
-        on_best: Callable[[MDN, EpochRecord], None] | None = None) -> list[EpochRecord]:
+        on_best: Callable[[ConditionalDensity, EpochRecord], None] | None = None) -> list[EpochRecord]:
     """Train model in place (see Trainer.fit); returns the history."""
     return Trainer(model, train, val, config).fit(on_epoch, on_best)
 
@@ -645,7 +645,7 @@ def _run(trainer: Trainer, arm: Arm, out: Path, on_epoch: ProgressCallback | Non
         progress.saved = len(t.history)
         write_history(out / "history.csv", t.history)
 
-    def save_best(m: MDN, r: EpochRecord) -> None:
+    def save_best(m: ConditionalDensity, r: EpochRecord) -> None:
         Checkpoint(m, config, arm, {"val_nll": r.val_nll, "epoch": r.epoch}).save(
             out / CHECKPOINT_NAME)
 

@@ -57,7 +57,7 @@ from ikmdn.cli._base import SEED, THREADS, hidden_widths, positive
 from ikmdn.cli.arm_options import arm_options, chosen_arm, model_options
 from ikmdn.data import ArmStream, Dataset
 from ikmdn.errors import IKMDNError
-from ikmdn.mdn import MDN
+from ikmdn.mdn import ConditionalDensity
 from ikmdn.outdir import run_folder, write_atomically
 from ikmdn.train import (
     LAST_NAME,
@@ -105,7 +105,7 @@ def rank_seed(seed: int, rank: int) -> int:
 class _LossOf(nn.Module):
     """model.loss(x, y) as a forward pass, so that DDP's backward all-reduces the gradients."""
 
-    def __init__(self, model: MDN):
+    def __init__(self, model: ConditionalDensity):
         super().__init__()
         self.model = model
 
@@ -135,7 +135,7 @@ class DistributedTrainer(Trainer):
     N ranks take the single-process run's steps (up to rounding in the gradient average).
     """
 
-    def __init__(self, model: MDN, source: ArmStream, val: Dataset, config: TrainConfig,
+    def __init__(self, model: ConditionalDensity, source: ArmStream, val: Dataset, config: TrainConfig,
                  shard_batches: bool = False):
         super().__init__(model, source, val, config)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()

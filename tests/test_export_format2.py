@@ -22,8 +22,8 @@ import ikmdn
 from ikmdn.arms import get_arm, load_urdf
 from ikmdn.arms.base import TWO_PI
 from ikmdn.errors import IKMDNError
-from ikmdn.export import export_onnx, format2_bytes, lm_error, refine_graph_proto
-from ikmdn.refine import RefineSettings, default_settings, refine
+from ikmdn.export import export_onnx, format2_bytes, refine_graph_proto
+from ikmdn.refine import RefineSettings, default_settings, refine, residual_norm
 from ikmdn.refine_graph import RefineGraph, default_phases
 from ikmdn.runtime import OUTPUT_NAMES, REFINED_OUTPUT_NAMES, OnnxModel, session_options
 from ikmdn.solve import IKSolver, merge_duplicates
@@ -97,7 +97,7 @@ def graph_vs_kernel(name: str, n: int, seed: int = 0):
 
 
 def _converged(arm, settings, out, xs, err):
-    graph = lm_error(arm, out["positions"].reshape(len(xs), -1), xs) <= settings.tol
+    graph = residual_norm(arm, out["positions"].reshape(len(xs), -1), xs) <= settings.tol
     return err <= settings.tol, graph
 
 
@@ -159,7 +159,7 @@ def test_redundant_arm_converges_with_the_kernel():
     diff = np.abs(out["joints"].reshape(-1, arm.dof) - q).max(axis=1)[both]
     assert np.mean(diff <= JOINT_TOL) >= 0.9 and diff.max() <= 1e-4
     joints = out["joints"].reshape(-1, arm.dof)
-    assert np.all(lm_error(arm, arm.fk(joints), xs)[both] <= 10 * settings.tol)
+    assert np.all(residual_norm(arm, arm.fk(joints), xs)[both] <= 10 * settings.tol)
 
 
 def test_torch_module_matches_the_kernel():

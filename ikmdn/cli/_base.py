@@ -73,33 +73,29 @@ def require_torch(command: str) -> None:
                          f"install it with: {TORCH_INSTALL}") from None
 
 
+def _integers(value: str, what: str, lowest: int, low_message: str) -> tuple[int, ...]:
+    """'a,b,c' -> (a, b, c), each at least lowest; errors echo at most a short prefix of value."""
+    try:
+        numbers = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated {what}, got {short(value, 40)}") from None
+    if min(numbers) < lowest:
+        raise click.BadParameter(f"{low_message}, got {short(value, 40)}")
+    return numbers
+
+
 def hidden_widths(ctx, param, value):
-    """--hidden 128,128 -> (128, 128); errors echo at most a short prefix of the value."""
+    """--hidden 128,128 -> (128, 128)."""
     if value is None:
         return None
-    shown = short(value, 40)
-    try:
-        widths = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers such as 128,128,128, "
-                                 f"got {shown}") from None
-    if not widths or min(widths) <= 0:
-        raise click.BadParameter(f"widths must be positive, got {shown}")
-    return widths
+    return _integers(value, "integers such as 128,128,128", 1, "widths must be positive")
 
 
 def joint_order_list(ctx, param, value):
     """--joint-order 0,4,5,1,3,2 -> (0, 4, 5, 1, 3, 2); the arm checks the indices."""
     if value is None:
         return None
-    try:
-        order = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated joint indices such as 0,4,5,1,3,2, "
-                                 f"got {short(value, 40)}") from None
-    if min(order) < 0:
-        raise click.BadParameter(f"joint indices start at 0, got {short(value, 40)}")
-    return order
+    return _integers(value, "joint indices such as 0,4,5,1,3,2", 0, "joint indices start at 0")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
