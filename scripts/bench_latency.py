@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import MODELS, ROOT, write_results
+from _common import MODELS, ROOT, load_average, write_results
 
 import ikmdn.solve as solve_module
 from ikmdn.arms.closed_form import closed_form_ik, has_closed_form
@@ -50,7 +49,7 @@ TOL = 1e-6
 
 
 def load() -> str:
-    return f"load {os.getloadavg()[0]:.2f}"
+    return f"load {load_average():.2f}"
 
 
 def peer_robot(name: str):

@@ -25,14 +25,13 @@ scripts/build_exported_models.py; without it a default model is trained first (a
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import MODELS, ROOT, best_time, call_times, write_results
+from _common import MODELS, ROOT, best_time, call_times, load_average, write_results
 
 from ikmdn.arms.closed_form import closed_form_ik
 from ikmdn.data import make_ik_dataset
@@ -45,11 +44,6 @@ BATCHES = (1, 1_000, 10_000, 100_000)
 BISHOP_TARGETS = 100_000
 POSES = 1_000
 RATIO_BAR = 0.20
-
-
-def load() -> float:
-    """The machine's 1-minute load average."""
-    return os.getloadavg()[0]
 
 
 def single_call_us(fn, calls: int = 3000) -> float:
@@ -86,19 +80,19 @@ def format1(args) -> dict:
         ort_s = best_time(lambda x=x: onnx.predict(x), repeats)
         torch_s = best_time(run_torch, repeats)
         rows.append({"batch": batch, "onnxruntime_per_s": batch / ort_s, "torch_per_s": batch / torch_s,
-                     "load": load()})
+                     "load": load_average()})
         print(f"batch {batch:>7,}: onnxruntime {batch / ort_s:>12,.0f} targets/s   "
-              f"pytorch eager {batch / torch_s:>12,.0f} targets/s   (load {load():.2f})", flush=True)
+              f"pytorch eager {batch / torch_s:>12,.0f} targets/s   (load {load_average():.2f})", flush=True)
     one = arm.fk(arm.sample_joints(1, rng)).astype(np.float32)
     feeds = {"targets": one}
     latency = {"predict_us": single_call_us(lambda: onnx.predict(one)),
                "session_run_us": single_call_us(lambda: onnx.session.run(None, feeds))}
     with torch.inference_mode():
         latency["torch_us"] = single_call_us(lambda: model(torch.from_numpy(one)))
-    latency["load"] = load()
+    latency["load"] = load_average()
     print(f"single target: OnnxModel.predict {latency['predict_us']:.1f} us, raw session.run "
           f"{latency['session_run_us']:.1f} us, pytorch eager {latency['torch_us']:.1f} us "
-          f"(load {load():.2f})")
+          f"(load {load_average():.2f})")
     return {"batches": rows, "single_call": latency}
 
 
@@ -134,13 +128,13 @@ def bishop(args) -> dict:
     result = {"targets": len(x), "graph_s": graph_s, "closed_form_s": closed_s,
               "ratio": closed_s / graph_s, "bar": RATIO_BAR,
               "best_error_within_1e-9": float(np.mean(best <= 1e-9)),
-              "predict_format2_s": predict2_s, "predict_format1_s": predict1_s, "load": load()}
+              "predict_format2_s": predict2_s, "predict_format1_s": predict1_s, "load": load_average()}
     print(f"bishop, {len(x):,} targets: format-2 graph {graph_s * 1e3:.1f} ms "
           f"({len(x) / graph_s:,.0f} targets/s), closed form {closed_s * 1e3:.1f} ms: ratio "
-          f"{result['ratio']:.3f} (bar {RATIO_BAR}) (load {load():.2f})")
+          f"{result['ratio']:.3f} (bar {RATIO_BAR}) (load {load_average():.2f})")
     print(f"  best error <= 1e-9 for {result['best_error_within_1e-9']:.3%} of targets; "
           f"predict: format 2 {predict2_s * 1e3:.1f} ms, format 1 {predict1_s * 1e3:.1f} ms "
-          f"(load {load():.2f})", flush=True)
+          f"(load {load_average():.2f})", flush=True)
     return result
 
 
@@ -163,7 +157,7 @@ def spatial(args, name: str) -> dict:
     default_s = best_time(lambda: default.solve(x), args.repeats)
     dsol = default.solve(x)
     result = {
-        "poses": len(x), "load": load(), "graph_session_s": session_s,
+        "poses": len(x), "load": load_average(), "graph_session_s": session_s,
         "graph": {"solved": float(solved.any(axis=1).mean()),
                   "distinct_per_pose": float(solved.sum(axis=1).mean()),
                   "poses_per_s": len(x) / graph_s},
@@ -178,15 +172,15 @@ def spatial(args, name: str) -> dict:
         "same_distinct_count": float(np.mean(solved.sum(axis=1) == sol.solved.sum(axis=1))),
     }
     g, p, d = result["graph"], result["python"], result["python_default"]
-    print(f"{name}, {len(x):,} poses (load {load():.2f}): graph solved {g['solved']:.2%}, "
+    print(f"{name}, {len(x):,} poses (load {load_average():.2f}): graph solved {g['solved']:.2%}, "
           f"{g['distinct_per_pose']:.3f} distinct solutions per pose, {g['poses_per_s']:,.0f} poses/s "
           f"(session made in {session_s:.1f} s)")
     print(f"  Python solver, no fallback seeds: solved {p['solved']:.2%}, "
           f"{p['distinct_per_pose']:.3f} per pose, {p['poses_per_s']:,.0f} poses/s; same solved flag "
           f"{result['same_solved_poses']:.2%}, same count {result['same_distinct_count']:.2%} of poses")
     print(f"  Python solver, default ({d['fallback_seeds']} fallback seeds): solved {d['solved']:.2%}, "
-          f"{d['distinct_per_pose']:.3f} per pose, {d['poses_per_s']:,.0f} poses/s (load {load():.2f})",
-          flush=True)
+          f"{d['distinct_per_pose']:.3f} per pose, {d['poses_per_s']:,.0f} poses/s "
+          f"(load {load_average():.2f})", flush=True)
     return result
 
 
@@ -202,7 +196,7 @@ def planar(args, name: str, n: int = 10_000) -> dict:
         return coverage(arm, x, np.where(mask[..., None], joints, np.nan))["coverage"]
 
     result = {
-        "targets": n, "load": load(),
+        "targets": n, "load": load_average(),
         "graph": {"solved": float(solved.any(axis=1).mean()), "coverage": covered(solved, out.joints)},
         "python": {"solved": float(sol.reachable.mean()), "coverage": covered(sol.solved, sol.joints)},
         "same_solution_count": float(np.mean(solved.sum(axis=1) == sol.solved.sum(axis=1))),
@@ -210,7 +204,7 @@ def planar(args, name: str, n: int = 10_000) -> dict:
     g, p = result["graph"], result["python"]
     print(f"{name}, {n:,} targets: solved graph {g['solved']:.2%} / Python {p['solved']:.2%}, coverage "
           f"{g['coverage']:.2%} / {p['coverage']:.2%}, same solution count for "
-          f"{result['same_solution_count']:.2%} of targets (load {load():.2f})", flush=True)
+          f"{result['same_solution_count']:.2%} of targets (load {load_average():.2f})", flush=True)
     return result
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, write_results
+from _common import ROOT, load_average, write_results
 
 sys.path.insert(0, str(ROOT / "tests"))
 from urdf_oracle import Urdf  # noqa: E402
@@ -38,7 +37,7 @@ TOL = 1e-6
 
 
 def load() -> str:
-    return f"load average {os.getloadavg()[0]:.2f}"
+    return f"load average {load_average():.2f}"
 
 
 def train(name: str, robot: dict, out: Path, threads: int | None) -> float:
