@@ -158,7 +158,14 @@ def main() -> None:
         if not sep or not name or not Path(path).exists():
             parser.error(f"a variant is NAME=PATH with an existing .onnx file or run folder, "
                          f"got {text!r}")
-        solvers[name] = solver = IKSolver.load(path, threads=args.threads)
+        try:
+            solver = IKSolver.load(path, threads=args.threads)
+        except IKMDNError as exc:
+            parser.error(f"variant {name}: {exc}")
+        if solver.arm.spec() != arm.spec():
+            parser.error(f"variant {name} ({path}) is a model of {solver.arm.name}, not of the "
+                         f"preset {args.arm}")
+        solvers[name] = solver
         mixture = solver.model.predict(targets)
         meta = getattr(solver.model, "metrics", None) or {}
         config = getattr(solver.model, "train_config", None) or {}

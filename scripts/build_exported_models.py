@@ -34,6 +34,7 @@ from _common import MODELS, ROOT
 from ikmdn.arms.closed_form import has_closed_form
 from ikmdn.checkpoint import load_checkpoint, with_beam
 from ikmdn.data import make_ik_dataset
+from ikmdn.errors import IKMDNError
 from ikmdn.evaluate import coverage, rms
 from ikmdn.export import export_onnx, format1_bytes, format2_bytes, refine_check
 from ikmdn.outdir import write_atomically
@@ -105,6 +106,14 @@ def main() -> None:
     what.add_argument("--reexport", action="store_true",
                       help="export runs/<arm> again (current graph and default beam), no training")
     args = parser.parse_args()
+    try:
+        build(args)
+    except IKMDNError as exc:   # an unknown arm, a missing run folder: one line, exit 2
+        parser.error(str(exc))
+
+
+def build(args) -> None:
+    """What main's arguments ask for (see the module docstring)."""
     if args.convert:
         arms = args.arms.split(",") if args.arms else sorted(p.stem for p in MODELS.glob("*.onnx"))
         for arm in arms:
